@@ -1,0 +1,257 @@
+"""FoveatedVLM: one visual token per frame, and the LLM decides where the next frame looks.
+
+Modes (chosen per call):
+- coarse_only:    every frame is read with the static query q_static; one LLM pass.
+- coarse_fine:    (training) a coarse pass as above, through the LLM over prefix + visual tokens;
+                  frame t's query = llm_to_query(hidden state just before frame t's slot)
+                  (frame 0 in video_first: q_init); a fine pass re-reads every frame with its own
+                  query in one batched call; the LLM reads [prefix, fine tokens, suffix].
+- autoregressive: frame by frame with the LLM KV cache; frame t's query comes from the fine
+                  hidden state before its slot; then the suffix; generation continues from the cache.
+Parameter names match the published fVLM-135M checkpoint (encoder.dino.*, encoder.query_input_proj,
+encoder.output_proj, dino_to_llm, llm_to_query, q_static, q_init, llm.*).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .batch import Batch
+from .config import FVLMConfig
+from .encoder import FoveatedEncoder, PatchCache
+from .sequence import LLMInput, assemble, positions
+from .vlm import Prefill, VLMBase, VLMOutput, hf_config
+
+
+class FoveatedVLM(VLMBase):
+    def __init__(self, config: FVLMConfig, tokenizer=None):
+        super().__init__(config, tokenizer)
+        vision = hf_config(config.vision)
+        d_llm = self.llm.config.hidden_size
+        self.encoder = FoveatedEncoder(vision, config.query_dim, deep_query=config.deep_query)
+        self.dino_to_llm = nn.Linear(vision.hidden_size, d_llm)
+        self.llm_to_query = nn.Linear(d_llm, config.query_dim)
+        self.q_static = nn.Parameter(torch.randn(1, config.query_dim))  # std 1: foveation needs it
+        self.q_init = nn.Parameter(torch.randn(1, config.query_dim))
+
+    @property
+    def vision_model(self) -> nn.Module:
+        return self.encoder.dino
+
+    # ---- building blocks ----------------------------------------------------------------------
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """Visual token z [.., D] -> LLM embedding [.., d_llm]."""
+        return self.dino_to_llm(z) * self.config.visual_scale
+
+    def encode_frames(self, batch: Batch) -> PatchCache:
+        """DINO patch pass over the real frames only (row-major over [B, T])."""
+        return self.encoder.encode_patches(batch.pixel_values[batch.frame_mask])
+
+    def _scatter(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """[n_real, ...] -> [B, T, ...] with zeros at padded frames."""
+        out = x.new_zeros((*frame_mask.shape, *x.shape[1:]))
+        out[frame_mask] = x
+        return out
+
+    def _visual(self, queries: torch.Tensor, cache: PatchCache, frame_mask: torch.Tensor,
+                return_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """queries [n_real, qd] -> visual embeddings [B, T, d_llm] (+ probs [n_real, L, H, N])."""
+        z, probs = self.encoder.query_attend(queries, cache, return_attention)
+        return self._scatter(self.project(z), frame_mask), probs
+
+    def _static_queries(self, n: int) -> torch.Tensor:
+        return self.q_static.expand(n, -1)
+
+    def _inputs(self, batch: Batch, visual: torch.Tensor, with_suffix: bool = True) -> LLMInput:
+        suffix = [batch.suffix_ids, batch.suffix_mask, batch.suffix_targets]
+        if not with_suffix:
+            suffix = [t[:, :0] for t in suffix]
+        return assemble(
+            self.embed, batch.prefix_ids, batch.prefix_mask, batch.prefix_targets,
+            visual, batch.frame_mask, *suffix,
+        )
+
+    def _fine_queries(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Queries [B, T, qd] from the hidden states [B, P+T(+S), d] of a pass over the visual block.
+
+        Frame t reads the hidden state of the slot before it: frame t-1's, or for frame 0 the last
+        prefix token (text_first); with no prefix (video_first) frame 0 uses q_init.
+        """
+        P, T = batch.prefix_ids.shape[1], batch.frame_mask.shape[1]
+        before = torch.cat([hidden.new_zeros(hidden.shape[0], 1, hidden.shape[2]), hidden], 1)
+        q = self.llm_to_query(before[:, P : P + T])  # [B, T, qd]
+        has_prefix = batch.prefix_mask[:, -1] if P > 0 else torch.zeros_like(batch.frame_mask[:, 0])
+        q0 = torch.where(has_prefix[:, None], q[:, 0], self.q_init.to(q.dtype))
+        return torch.cat([q0[:, None], q[:, 1:]], dim=1)
+
+    # ---- training / scoring forward -----------------------------------------------------------
+    def forward(
+        self,
+        batch: Batch,
+        mode: str = "coarse_fine",
+        measure_coarse: bool = False,
+        return_attention: bool = False,
+        return_hidden: bool = False,
+    ) -> VLMOutput:
+        """Text loss of `batch` under `mode` (see the module docstring).
+
+        measure_coarse: in coarse_fine mode, also compute the static-query (coarse) loss; it is
+        always computed when config.lambda_coarse > 0 and then added to the loss.
+        """
+        self.check_mode(mode)
+        cache = self.encode_frames(batch)
+        fm = batch.frame_mask
+        n = cache.num_frames
+        if mode == "autoregressive":
+            run = self._autoregressive(batch, cache, return_attention=return_attention)
+            hidden, inp, probs = run["hidden"], run["input"], run["attention"]
+            out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs)
+            out.loss = out.text.loss
+        else:
+            vis_c, probs_c = self._visual(self._static_queries(n), cache, fm, return_attention)
+            inp_c = self._inputs(batch, vis_c, with_suffix=(mode == "coarse_only" or measure_coarse
+                                                            or self.config.lambda_coarse > 0))
+            hidden_c = self.decoder(inp_c.embeds, inp_c.mask, inp_c.position_ids)
+            if mode == "coarse_only":
+                hidden, inp, probs = hidden_c, inp_c, probs_c
+                out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs)
+                out.loss = out.text.loss
+            else:
+                queries = self._fine_queries(hidden_c, batch)[fm]  # [n_real, qd]
+                vis_f, probs = self._visual(queries, cache, fm, return_attention)
+                inp = self._inputs(batch, vis_f)
+                hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
+                out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs,
+                                coarse_attention=probs_c)
+                out.loss = out.text.loss
+                if inp_c.labels.shape[1] == inp.labels.shape[1]:  # the coarse pass saw the suffix
+                    out.coarse = self.loss(hidden_c, inp_c.labels)
+                    if self.config.lambda_coarse > 0:
+                        out.loss = out.loss + self.config.lambda_coarse * out.coarse.loss
+        if return_hidden:
+            out.hidden, out.labels = hidden, inp.labels
+        return out
+
+    def _autoregressive(
+        self, batch: Batch, cache: PatchCache, return_attention: bool = False, use_cache: bool = True,
+    ) -> dict:
+        """Read the frames one by one, each with the query made from the previous slot's hidden state.
+
+        use_cache=False recomputes the whole sequence at every step instead of using the LLM KV
+        cache: the plain reference the cached path is tested against.
+        Returns hidden [B, L, d], the LLMInput, attention probs [n_real, L, H, N] and the cache.
+        """
+        B, T = batch.frame_mask.shape
+        fm = batch.frame_mask
+        row = (fm.flatten().long().cumsum(0) - 1).view(B, T)  # frame (b, t) -> cache row
+        kv = self.new_cache() if use_cache else None
+        hiddens, tokens, probs = [], [], []
+        last = None  # [B, d] hidden state of the slot before the next frame
+        if batch.prefix_ids.shape[1] > 0:
+            emb = self.embed(batch.prefix_ids) * batch.prefix_mask[..., None]
+            hiddens.append(self.decoder(emb, batch.prefix_mask, positions(batch.prefix_mask), kv))
+            last = hiddens[-1][:, -1]
+        for t in range(T):
+            real = fm[:, t]  # [B]
+            q = self.q_init.expand(B, -1)
+            if last is not None:
+                has_prev = batch.prefix_mask[:, -1] if t == 0 else fm[:, t - 1]
+                q = torch.where(has_prev[:, None], self.llm_to_query(last), q)
+            z, p = self.encoder.query_attend(q[real], cache.select(row[real, t]), return_attention)
+            tokens.append(self._scatter(self.project(z), real))  # [B, d]
+            probs.append(p)
+            visual = torch.stack(tokens, dim=1)  # [B, t+1, d]
+            if use_cache:
+                mask = torch.cat([batch.prefix_mask, fm[:, : t + 1]], dim=1)
+                h = self.decoder(visual[:, -1:], mask, positions(mask)[:, -1:], kv)
+            else:
+                inp = self._inputs(_truncate(batch, t + 1), visual, with_suffix=False)
+                h = self.decoder(inp.embeds, inp.mask, inp.position_ids)[:, -1:]
+            hiddens.append(h)
+            last = h[:, 0]
+
+        d_llm = self.llm.config.hidden_size
+        visual = torch.stack(tokens, dim=1) if tokens else self.q_init.new_zeros(B, 0, d_llm)
+        inp = self._inputs(batch, visual)
+        S = batch.suffix_ids.shape[1]
+        if not use_cache:
+            hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
+        else:
+            if S > 0:
+                hiddens.append(self.decoder(inp.embeds[:, -S:], inp.mask, inp.position_ids[:, -S:], kv))
+            hidden = torch.cat(hiddens, dim=1)
+        attention = None
+        if return_attention and T > 0:
+            order = torch.cat([row[fm[:, t], t] for t in range(T)])  # step order -> cache rows
+            attention = torch.empty_like(torch.cat(probs))
+            attention[order] = torch.cat(probs)
+        return {"hidden": hidden, "input": inp, "attention": attention, "cache": kv}
+
+    # ---- generation ---------------------------------------------------------------------------
+    def _prefill(self, batch: Batch, mode: str, return_attention: bool) -> Prefill:
+        cache = self.encode_frames(batch)
+        fm = batch.frame_mask
+        if mode == "autoregressive":
+            run = self._autoregressive(batch, cache, return_attention)
+            inp = run["input"]
+            return Prefill(
+                cache=run["cache"], mask=inp.mask, next_position=inp.mask.sum(1),
+                logits=self.llm.get_output_embeddings()(run["hidden"][:, -1]),
+                attention=run["attention"],
+            )
+        vis_c, probs_c = self._visual(self._static_queries(cache.num_frames), cache, fm, return_attention)
+        if mode == "coarse_only":
+            pre = self._full_prefill(batch, self._inputs(batch, vis_c))
+            pre.attention = probs_c
+            return pre
+        inp_c = self._inputs(batch, vis_c, with_suffix=False)
+        hidden_c = self.decoder(inp_c.embeds, inp_c.mask, inp_c.position_ids)
+        vis_f, probs_f = self._visual(self._fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
+        pre = self._full_prefill(batch, self._inputs(batch, vis_f))
+        pre.attention, pre.coarse_attention = probs_f, probs_c
+        return pre
+
+    def _attention_maps(self, pre: Prefill, batch: Batch) -> list[dict[str, np.ndarray]]:
+        """Per sample: the heatmap grid of config.attention_map, per-layer grids, entropy."""
+        if pre.attention is None:
+            return super()._attention_maps(pre, batch)
+        gh, gw = self.encoder.grid(self.config.image_size)
+        counts = batch.frame_mask.sum(1).tolist()
+        layer = self.config.layer_index(pre.attention.shape[1])
+
+        def per_sample(probs: torch.Tensor) -> list[dict[str, np.ndarray]]:
+            probs = probs.float()  # [n, L, H, N]
+            ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean(-1)  # [n, L] nats
+            layers = probs.mean(2)[..., 1:]  # [n, L, gh*gw] head mean, CLS dropped
+            layers = layers / layers.sum(-1, keepdim=True).clamp_min(1e-12)
+            shown = layers.mean(1) if layer is None else layers[:, layer]
+            shown = shown / shown.sum(-1, keepdim=True).clamp_min(1e-12)
+            shown_ent = ent.mean(1) if layer is None else ent[:, layer]
+            res, start = [], 0
+            for c in counts:
+                sl = slice(start, start + c)
+                res.append({
+                    "attention": shown[sl].reshape(c, gh, gw).cpu().numpy(),
+                    "layer_attention": layers[sl].reshape(c, -1, gh, gw).cpu().numpy(),
+                    "entropy": shown_ent[sl].cpu().numpy(),
+                })
+                start += c
+            return res
+
+        maps = per_sample(pre.attention)
+        if pre.coarse_attention is not None:
+            for m, c in zip(maps, per_sample(pre.coarse_attention)):
+                m["coarse_attention"] = c["attention"]
+        return maps
+
+
+def _truncate(batch: Batch, t: int) -> Batch:
+    """The batch with only its first t frame slots (used by the no-cache reference)."""
+    return Batch(
+        pixel_values=batch.pixel_values[:, :t], frame_mask=batch.frame_mask[:, :t],
+        prefix_ids=batch.prefix_ids, prefix_mask=batch.prefix_mask,
+        prefix_targets=batch.prefix_targets, suffix_ids=batch.suffix_ids[:, :0],
+        suffix_mask=batch.suffix_mask[:, :0], suffix_targets=batch.suffix_targets[:, :0],
+    )

@@ -1,0 +1,317 @@
+"""VLMBase: what every fvlm model shares — the LLM, inputs, loss plumbing, generate, save/load.
+
+Subclasses (FoveatedVLM, MultiTokenVLM) say how frames become visual tokens: `forward` for
+training/scoring and `_prefill` for generation. Everything else lives here once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+
+from .batch import Batch, Sample, collate
+from .chat import encode_chat
+from .config import MODES, FVLMConfig
+from .errors import ConfigError, InputError, PromptTooLongError
+from .generation import GenerateOutput, sample_next
+from .sequence import TextLoss, positions, text_loss
+from .video import Clip, center_crop, preprocess, to_clip
+
+
+def hf_config(d: dict[str, Any]):
+    """A transformers config object from a stored dict (which names its model_type)."""
+    d = dict(d)
+    model_type = d.pop("model_type")
+    try:
+        return AutoConfig.for_model(model_type, **d)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"cannot build a {model_type!r} config from the stored dict: {e}") from e
+
+
+@dataclass
+class VLMOutput:
+    loss: torch.Tensor  # what to backpropagate: the mode's loss (+ lambda_coarse * coarse)
+    text: TextLoss  # the mode's own text loss, with per-sample log-probs
+    coarse: TextLoss | None = None  # static-query loss (coarse_fine with measure_coarse/lambda)
+    attention: torch.Tensor | None = None  # [n_frames, L, H, N] probs of the mode's queries
+    coarse_attention: torch.Tensor | None = None  # [n_frames, L, H, N]
+    hidden: torch.Tensor | None = None  # [B, L, d_llm] final hidden states (return_hidden=True)
+    labels: torch.Tensor | None = None  # [B, L]
+
+
+@dataclass
+class Prefill:
+    """State after the prompt has been read, ready for token-by-token decoding."""
+
+    cache: DynamicCache
+    mask: torch.Tensor  # [B, L] bool, every slot held by the cache
+    next_position: torch.Tensor  # [B] position id of the next token
+    logits: torch.Tensor  # [B, V] at the last slot
+    attention: torch.Tensor | None = None  # [n_frames, L, H, N]
+    coarse_attention: torch.Tensor | None = None
+
+
+class VLMBase(nn.Module):
+    def __init__(self, config: FVLMConfig, tokenizer=None):
+        super().__init__()
+        if not isinstance(config.llm, dict) or not isinstance(config.vision, dict):
+            raise ConfigError("build models with from_components() when vision/llm are hub ids or paths")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.llm = AutoModelForCausalLM.from_config(hf_config(config.llm), attn_implementation="sdpa")
+        params = inspect.signature(self.llm.get_decoder().forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # ---- small helpers ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.llm.config, "max_position_embeddings", 2048))
+
+    @property
+    def eos_ids(self) -> list[int]:
+        tok = self.tokenizer
+        ids = {tok.eos_token_id}
+        im_end = tok.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != tok.unk_token_id:
+            ids.add(im_end)
+        return sorted(i for i in ids if i is not None)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llm.get_input_embeddings()(ids)
+
+    def decoder(
+        self,
+        embeds: torch.Tensor,  # [B, l, D] new slots
+        mask: torch.Tensor,  # [B, past + l] bool, all slots so far
+        position_ids: torch.Tensor,  # [B, l]
+        cache: DynamicCache | None = None,
+    ) -> torch.Tensor:  # [B, l, D] final hidden states
+        kw = {self._cache_kw: cache} if cache is not None else {}
+        out = self.llm.get_decoder()(
+            inputs_embeds=embeds,
+            attention_mask=mask.long(),
+            position_ids=position_ids,
+            use_cache=cache is not None,
+            **kw,
+        )
+        return out.last_hidden_state
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.llm.config)
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> TextLoss:
+        return text_loss(hidden, labels, self.llm.get_output_embeddings())
+
+    # ---- to be provided by subclasses ---------------------------------------------------------
+    architecture = "foveated"
+    visual_tokens_per_frame = 1
+
+    @property
+    def vision_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch, mode: str = "coarse_fine", **kw) -> VLMOutput:
+        raise NotImplementedError
+
+    def _prefill(self, batch: Batch, mode: str, return_attention: bool) -> Prefill:
+        raise NotImplementedError
+
+    def _attention_maps(self, pre: Prefill, batch: Batch) -> list[dict[str, np.ndarray]]:
+        """Per sample, the GenerateOutput attention fields (none for models without a query)."""
+        return [{} for _ in range(batch.batch_size)]
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def check_mode(self, mode: str) -> str:
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}; use one of {MODES}")
+        return mode
+
+    def clip(self, video) -> Clip:
+        c = self.config
+        return to_clip(video, fps=c.fps, max_frames=c.max_frames, image_frames=c.image_frames)
+
+    def sample(self, clip: Clip | None, user: str, assistant: str | None = None, loss: str = "none") -> Sample:
+        """One model input: preprocessed frames (None = text only) + tokenized chat."""
+        c = self.config
+        if clip is None:
+            pixels = torch.zeros((0, 3, c.image_size, c.image_size))
+        else:
+            pixels = preprocess(clip.frames, c.image_size, c.image_mean, c.image_std)
+        chat = encode_chat(
+            self.tokenizer, user, assistant, layout=c.layout, system=c.system_prompt,
+            loss=loss, has_video=clip is not None,
+        )
+        return Sample(pixels, chat)
+
+    def collate(self, samples: list[Sample], for_generation: bool = False) -> Batch:
+        return collate(samples, pad_id=self.tokenizer.pad_token_id or 0, suffix_left=for_generation)
+
+    # ---- generation ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        video,
+        prompt: str | list[str],
+        mode: str = "autoregressive",
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        return_attention: bool = True,
+        seed: int | None = None,
+    ) -> GenerateOutput | list[GenerateOutput]:
+        """Answer `prompt` about `video`.
+
+        video: a path (video or image), a [T, H, W, 3] uint8 array/tensor, a list of PIL images
+        (one video), or a list of paths / arrays (a batch: returns a list of outputs).
+        """
+        self.check_mode(mode)
+        if self.tokenizer is None:
+            raise ConfigError("this model has no tokenizer; pass tokenizer= when building it")
+        videos, batched = _as_video_list(video)
+        prompts = [prompt] * len(videos) if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or len(prompts) != len(videos):
+            raise InputError(f"got {len(videos)} videos but prompt is {type(prompt).__name__} "
+                             f"of length {len(prompts) if isinstance(prompts, (list, tuple)) else '?'}")
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise InputError(f"prompt must be a non-empty string, got {p!r}")
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+        clips = [self.clip(v) for v in videos]
+        samples = [self.sample(c, p) for c, p in zip(clips, prompts)]
+        longest = max(len(s.chat) + s.pixel_values.shape[0] * self.visual_tokens_per_frame for s in samples)
+        room = self.context_length - longest
+        if room < 1:
+            raise PromptTooLongError(
+                f"prompt + frames need {longest} tokens but the LLM context is {self.context_length}; "
+                f"shorten the prompt or lower max_frames (now {self.config.max_frames})"
+            )
+        max_new_tokens = min(max_new_tokens, room)
+        batch = self.collate(samples, for_generation=True).to(self.device, self.dtype)
+
+        pre = self._prefill(batch, mode, return_attention)
+        tokens = self._decode(pre, max_new_tokens, temperature, top_p, seed)
+
+        maps = self._attention_maps(pre, batch) if return_attention else [{} for _ in clips]
+        outs = []
+        for i, clip in enumerate(clips):
+            ids = tokens[i]
+            outs.append(GenerateOutput(
+                text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                mode=mode,
+                frames=center_crop(clip.frames),
+                timestamps=clip.timestamps,
+                token_ids=ids,
+                source=clip.source,
+                **maps[i],
+            ))
+        return outs if batched else outs[0]
+
+    def _decode(self, pre: Prefill, max_new_tokens: int, temperature: float, top_p: float,
+                seed: int | None) -> list[list[int]]:
+        """Token-by-token decoding from the prefilled KV cache; stops each sample at EOS."""
+        B = pre.logits.shape[0]
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=pre.logits.device).manual_seed(seed)
+        eos = torch.tensor(self.eos_ids, device=self.device)
+        pad = self.tokenizer.pad_token_id or 0
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        logits, mask, pos = pre.logits, pre.mask, pre.next_position
+        out: list[torch.Tensor] = []
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_p, gen)  # [B]
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            out.append(nxt)
+            done |= torch.isin(nxt, eos)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            h = self.decoder(self.embed(nxt[:, None]), mask, pos[:, None], pre.cache)
+            pos = pos + 1
+            logits = self.llm.get_output_embeddings()(h[:, -1])
+        rows = torch.stack(out, dim=1).tolist() if out else [[] for _ in range(B)]
+        eos_set = set(self.eos_ids)
+        result = []
+        for row in rows:
+            cut = next((j for j, t in enumerate(row) if t in eos_set), len(row))
+            result.append(row[:cut])
+        return result
+
+    def _full_prefill(self, batch: Batch, inp) -> Prefill:
+        """Prefill for modes whose whole input is known up front: one cached LLM pass."""
+        cache = self.new_cache()
+        h = self.decoder(inp.embeds, inp.mask, inp.position_ids, cache)
+        return Prefill(
+            cache=cache,
+            mask=inp.mask,
+            next_position=inp.mask.sum(1),
+            logits=self.llm.get_output_embeddings()(h[:, -1]),
+        )
+
+    # ---- save / load --------------------------------------------------------------------------
+    @classmethod
+    def from_components(cls, vision, llm, tokenizer=None, **config_kwargs):
+        """A fresh model from HF ids / local dirs (pretrained weights) or config objects (random)."""
+        from .hub import from_components
+
+        return from_components(cls, vision, llm, tokenizer, **config_kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None):
+        from .hub import load_pretrained
+
+        model = load_pretrained(directory, device=device)
+        if not isinstance(model, cls):
+            raise ConfigError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def num_parameters_by_group(self) -> dict[str, int]:
+        groups: dict[str, int] = {}
+        for name, p in self.named_parameters():
+            groups[param_group(name)] = groups.get(param_group(name), 0) + p.numel()
+        return groups
+
+
+def param_group(name: str) -> str:
+    """'llm' | 'dino' | 'connector' for a parameter name (for optimizer groups and reports)."""
+    if name.startswith("llm."):
+        return "llm"
+    if name.startswith(("encoder.dino.", "dino.")):
+        return "dino"
+    return "connector"
+
+
+def _as_video_list(video) -> tuple[list, bool]:
+    """Split generate()'s `video` argument into a list of videos and whether it was a batch."""
+    if isinstance(video, (list, tuple)):
+        if not video:
+            raise InputError("video is an empty list; pass a path, an array or a list of paths")
+        first = video[0]
+        if isinstance(first, (str, os.PathLike)):
+            return list(video), True
+        if isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim == 4:
+            return list(video), True
+    return [video], False
