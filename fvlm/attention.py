@@ -41,11 +41,12 @@ def query_attention_torch(
     F, H, d = q.shape
     N = k.shape[1]
     scale = d**-0.5 if scale is None else scale
-    kh = k.view(F, N, H, d)  # [F, N, H, d] view of the cache
-    vh = v.view(F, N, H, d)
-    scores = torch.einsum("fhd,fnhd->fhn", q.float(), kh.float()) * scale  # [F, H, N]
+    acc = torch.promote_types(q.dtype, torch.float32)  # accumulate in fp32 (or fp64)
+    kh = k.view(F, N, H, d).to(acc)  # [F, N, H, d] view of the cache
+    vh = v.view(F, N, H, d).to(acc)
+    scores = torch.einsum("fhd,fnhd->fhn", q.to(acc), kh) * scale  # [F, H, N]
     probs = scores.softmax(dim=-1)
-    out = torch.einsum("fhn,fnhd->fhd", probs, vh.float()).to(q.dtype)  # [F, H, d]
+    out = torch.einsum("fhn,fnhd->fhd", probs, vh).to(q.dtype)  # [F, H, d]
     entropy = None
     if return_entropy:
         entropy = -(probs * torch.log_softmax(scores, dim=-1)).sum(-1)  # [F, H]

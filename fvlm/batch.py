@@ -16,14 +16,38 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .chat import ChatTokens
+import numpy as np
+
+from .chat import ChatTokens, encode_chat
+from .config import FVLMConfig
 from .errors import InputError
+from .video import preprocess
 
 
 @dataclass
 class Sample:
     pixel_values: torch.Tensor  # [T, 3, S, S] float (T may be 0: a text-only sample)
     chat: ChatTokens
+
+
+def make_sample(
+    frames: np.ndarray | None,  # [T, H, W, 3] uint8, or None for a text-only sample
+    user: str,
+    assistant: str | None,
+    *,
+    tokenizer,
+    config: FVLMConfig,
+    loss: str = "answer",
+) -> Sample:
+    """One model input: preprocessed frames + the tokenized chat in the config's layout."""
+    S = config.image_size
+    if frames is None or len(frames) == 0:
+        pixels = torch.zeros((0, 3, S, S))
+    else:
+        pixels = preprocess(frames, S, config.image_mean, config.image_std)
+    chat = encode_chat(tokenizer, user, assistant, layout=config.layout, system=config.system_prompt,
+                       loss=loss, has_video=pixels.shape[0] > 0)
+    return Sample(pixels, chat)
 
 
 @dataclass

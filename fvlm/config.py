@@ -46,6 +46,12 @@ class FVLMConfig:
     notes: str = ""  # free text shown by `fvlm info` (e.g. "random weights, untrained")
 
     def __post_init__(self) -> None:
+        for key in ("vision", "llm"):  # JSON-canonical (int dict keys become str), so equality
+            if isinstance(getattr(self, key), dict):  # survives a save/load round trip
+                try:
+                    setattr(self, key, json.loads(json.dumps(getattr(self, key))))
+                except (TypeError, ValueError) as e:
+                    raise ConfigError(f"config key {key!r}: not JSON-serialisable: {e}") from e
         self.image_mean = tuple(float(x) for x in self.image_mean)
         self.image_std = tuple(float(x) for x in self.image_std)
         self.validate()

@@ -17,13 +17,12 @@ import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
-from .batch import Batch, Sample, collate
-from .chat import encode_chat
+from .batch import Batch, Sample, collate, make_sample
 from .config import MODES, FVLMConfig
 from .errors import ConfigError, InputError, PromptTooLongError
 from .generation import GenerateOutput, sample_next
 from .sequence import TextLoss, positions, text_loss
-from .video import Clip, center_crop, preprocess, to_clip
+from .video import Clip, center_crop, to_clip
 
 
 def hf_config(d: dict[str, Any]):
@@ -147,17 +146,9 @@ class VLMBase(nn.Module):
         return to_clip(video, fps=c.fps, max_frames=c.max_frames, image_frames=c.image_frames)
 
     def sample(self, clip: Clip | None, user: str, assistant: str | None = None, loss: str = "none") -> Sample:
-        """One model input: preprocessed frames (None = text only) + tokenized chat."""
-        c = self.config
-        if clip is None:
-            pixels = torch.zeros((0, 3, c.image_size, c.image_size))
-        else:
-            pixels = preprocess(clip.frames, c.image_size, c.image_mean, c.image_std)
-        chat = encode_chat(
-            self.tokenizer, user, assistant, layout=c.layout, system=c.system_prompt,
-            loss=loss, has_video=clip is not None,
-        )
-        return Sample(pixels, chat)
+        """One model input from a clip (None = text only) and a chat turn."""
+        return make_sample(None if clip is None else clip.frames, user, assistant,
+                           tokenizer=self.tokenizer, config=self.config, loss=loss)
 
     def collate(self, samples: list[Sample], for_generation: bool = False) -> Batch:
         return collate(samples, pad_id=self.tokenizer.pad_token_id or 0, suffix_left=for_generation)

@@ -11,6 +11,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if not torch.cuda.is_available():  # Triton kernels run in the CPU interpreter; this must be set
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton (transformers does)
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

@@ -1,0 +1,143 @@
+"""The `fvlm` command line.
+
+    fvlm generate VIDEO --prompt "What color is the triangle?" [--heatmaps DIR] [--mode M] [--json]
+    fvlm info [MODEL_DIR]
+    fvlm make-shapes OUT --n N --seed S
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import MODES
+from .errors import FVLMError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="a saved fvlm model directory (default: the model shipped with the package)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def _load_model(args):
+    import torch
+
+    from .hub import load
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load(args.model, device=device)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    model = _load_model(args)
+    t_load = time.perf_counter() - t0
+    out = model.generate(
+        args.video, args.prompt, mode=args.mode, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        return_attention=True,
+    )
+    t_gen = time.perf_counter() - t0 - t_load
+    files = None
+    if args.heatmaps:
+        from .heatmap import save_heatmaps
+
+        files = save_heatmaps(out.frames, out.attention, args.heatmaps, timestamps=out.timestamps)
+    if args.json:
+        print(json.dumps({
+            "text": out.text,
+            "mode": out.mode,
+            "frames": int(len(out.timestamps)),
+            "timestamps": [round(float(t), 3) for t in out.timestamps],
+            "entropy": None if out.entropy is None else [round(float(e), 4) for e in out.entropy],
+            "heatmaps": None if files is None else {
+                "pngs": [str(p) for p in files.pngs],
+                "mp4": None if files.mp4 is None else str(files.mp4),
+                "codec": files.codec,
+                "note": files.note,
+            },
+            "seconds": {"load": round(t_load, 3), "generate": round(t_gen, 3)},
+        }))
+    else:
+        print(out.text)
+        if files is not None:
+            where = files.mp4 or (files.pngs[0].parent if files.pngs else args.heatmaps)
+            print(f"[heatmaps: {len(files.pngs)} PNGs and {files.mp4 or 'no MP4'} in {where}]",
+                  file=sys.stderr)
+            if files.note:
+                print(f"[note: {files.note}]", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .hub import DEFAULT_MODEL_DIR, load
+
+    model = load(args.model_dir, device="cpu")
+    c = model.config
+    groups = model.num_parameters_by_group()
+    print(f"model:        {args.model_dir or DEFAULT_MODEL_DIR}")
+    print(f"class:        {type(model).__name__} ({c.architecture}, {model.visual_tokens_per_frame} "
+          f"visual token(s) per frame)")
+    if c.notes:
+        print(f"notes:        {c.notes}")
+    for name, n in groups.items():
+        print(f"params {name + ':':<10}{n:>12,}")
+    print(f"params total: {sum(groups.values()):>12,}")
+    print("config:")
+    print(json.dumps(c.to_dict(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fvlm",
+        description="Foveated video VLM: one visual token per frame; the LLM chooses where to look.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="answer a question about a video or image",
+                       description="Answer a question about a video (or image) and optionally "
+                                   "write per-frame attention heatmaps.")
+    g.add_argument("video", help="video file (mp4, avi, ...) or image (jpg, png, ...)")
+    g.add_argument("--prompt", "-p", required=True, help="the question or instruction")
+    g.add_argument("--mode", choices=MODES, default="autoregressive",
+                   help="autoregressive: frame by frame, each query chosen by the LLM (default); "
+                        "coarse_fine: two passes (training mode); coarse_only: one static query")
+    g.add_argument("--heatmaps", metavar="DIR", help="write overlay PNGs and an MP4 of the attention")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of plain text")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    _add_model_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("info", help="print a model's config and parameter counts")
+    i.add_argument("model_dir", nargs="?", default=None, help="model directory (default: shipped model)")
+    i.set_defaults(func=cmd_info)
+
+    from . import synthetic
+
+    s = sub.add_parser("make-shapes", help="generate ShapesQA clips, shards and an index",
+                       description=(synthetic.__doc__ or "").strip().split("\n\n")[0])
+    synthetic.add_arguments(s)
+    s.set_defaults(func=synthetic.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FVLMError as e:
+        print(f"fvlm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
