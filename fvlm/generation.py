@@ -22,6 +22,35 @@ class GenerateOutput:
     source: str = ""
 
 
+@dataclass
+class FrameEvent:
+    """A frame has been read (streaming): its crop, where the query looked, the entropy."""
+
+    sample: int  # which video of the batch
+    index: int
+    timestamp: float
+    frame: np.ndarray  # [s, s, 3] uint8
+    attention: np.ndarray | None  # [gh, gw]
+    coarse_attention: np.ndarray | None = None
+    entropy: float | None = None
+
+
+@dataclass
+class TextEvent:
+    """The answer so far (streaming), after each generated token."""
+
+    sample: int
+    text: str
+
+
+@dataclass
+class DoneEvent:
+    output: GenerateOutput
+
+
+StreamEvent = FrameEvent | TextEvent | DoneEvent
+
+
 def sample_next(
     logits: torch.Tensor,  # [B, V]
     temperature: float = 0.0,

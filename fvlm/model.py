@@ -14,6 +14,8 @@ encoder.output_proj, dino_to_llm, llm_to_query, q_static, q_init, llm.*).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -136,11 +138,13 @@ class FoveatedVLM(VLMBase):
 
     def _autoregressive(
         self, batch: Batch, cache: PatchCache, return_attention: bool = False, use_cache: bool = True,
+        on_step: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None,
     ) -> dict:
         """Read the frames one by one, each with the query made from the previous slot's hidden state.
 
         use_cache=False recomputes the whole sequence at every step instead of using the LLM KV
-        cache: the plain reference the cached path is tested against.
+        cache: the plain reference the cached path is tested against. on_step(t, real [B], probs)
+        is called after each frame (live display).
         Returns hidden [B, L, d], the LLMInput, attention probs [n_real, L, H, N] and the cache.
         """
         B, T = batch.frame_mask.shape
@@ -171,6 +175,8 @@ class FoveatedVLM(VLMBase):
                 h = self.decoder(inp.embeds, inp.mask, inp.position_ids)[:, -1:]
             hiddens.append(h)
             last = h[:, 0]
+            if on_step is not None:
+                on_step(t, real, p)
 
         d_llm = self.llm.config.hidden_size
         visual = torch.stack(tokens, dim=1) if tokens else self.q_init.new_zeros(B, 0, d_llm)
@@ -190,11 +196,12 @@ class FoveatedVLM(VLMBase):
         return {"hidden": hidden, "input": inp, "attention": attention, "cache": kv}
 
     # ---- generation ---------------------------------------------------------------------------
-    def _prefill(self, batch: Batch, mode: str, return_attention: bool) -> Prefill:
+    def _prefill(self, batch: Batch, mode: str, return_attention: bool,
+                 on_step: Callable | None = None) -> Prefill:
         cache = self.encode_frames(batch)
         fm = batch.frame_mask
         if mode == "autoregressive":
-            run = self._autoregressive(batch, cache, return_attention)
+            run = self._autoregressive(batch, cache, return_attention, on_step=on_step)
             inp = run["input"]
             return Prefill(
                 cache=run["cache"], mask=inp.mask, next_position=inp.mask.sum(1),
@@ -213,37 +220,38 @@ class FoveatedVLM(VLMBase):
         pre.attention, pre.coarse_attention = probs_f, probs_c
         return pre
 
+    def attention_summary(self, probs: torch.Tensor) -> dict[str, np.ndarray]:
+        """probs [n, L, H, N] -> per frame: `attention` [n, gh, gw] (the config.attention_map
+        aggregate, CLS dropped, sums to 1), `layer_attention` [n, L, gh, gw] (head mean per layer)
+        and `entropy` [n] (nats over all N keys, head mean, of the same layer/aggregate)."""
+        gh, gw = self.encoder.grid(self.config.image_size)
+        layer = self.config.layer_index(probs.shape[1])
+        probs = probs.float()
+        ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean(-1)  # [n, L]
+        layers = probs.mean(2)[..., 1:]  # [n, L, gh*gw]
+        layers = layers / layers.sum(-1, keepdim=True).clamp_min(1e-12)
+        shown = layers.mean(1) if layer is None else layers[:, layer]
+        shown = shown / shown.sum(-1, keepdim=True).clamp_min(1e-12)
+        n = probs.shape[0]
+        return {
+            "attention": shown.reshape(n, gh, gw).cpu().numpy(),
+            "layer_attention": layers.reshape(n, -1, gh, gw).cpu().numpy(),
+            "entropy": (ent.mean(1) if layer is None else ent[:, layer]).cpu().numpy(),
+        }
+
     def _attention_maps(self, pre: Prefill, batch: Batch) -> list[dict[str, np.ndarray]]:
-        """Per sample: the heatmap grid of config.attention_map, per-layer grids, entropy."""
+        """Split the batch's attention summaries per sample (+ the coarse map in coarse_fine)."""
         if pre.attention is None:
             return super()._attention_maps(pre, batch)
-        gh, gw = self.encoder.grid(self.config.image_size)
-        counts = batch.frame_mask.sum(1).tolist()
-        layer = self.config.layer_index(pre.attention.shape[1])
-
-        def per_sample(probs: torch.Tensor) -> list[dict[str, np.ndarray]]:
-            probs = probs.float()  # [n, L, H, N]
-            ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean(-1)  # [n, L] nats
-            layers = probs.mean(2)[..., 1:]  # [n, L, gh*gw] head mean, CLS dropped
-            layers = layers / layers.sum(-1, keepdim=True).clamp_min(1e-12)
-            shown = layers.mean(1) if layer is None else layers[:, layer]
-            shown = shown / shown.sum(-1, keepdim=True).clamp_min(1e-12)
-            shown_ent = ent.mean(1) if layer is None else ent[:, layer]
-            res, start = [], 0
-            for c in counts:
-                sl = slice(start, start + c)
-                res.append({
-                    "attention": shown[sl].reshape(c, gh, gw).cpu().numpy(),
-                    "layer_attention": layers[sl].reshape(c, -1, gh, gw).cpu().numpy(),
-                    "entropy": shown_ent[sl].cpu().numpy(),
-                })
-                start += c
-            return res
-
-        maps = per_sample(pre.attention)
-        if pre.coarse_attention is not None:
-            for m, c in zip(maps, per_sample(pre.coarse_attention)):
-                m["coarse_attention"] = c["attention"]
+        bounds = np.cumsum([0] + batch.frame_mask.sum(1).tolist())
+        fine = self.attention_summary(pre.attention)
+        coarse = None if pre.coarse_attention is None else self.attention_summary(pre.coarse_attention)
+        maps = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            m = {k: v[a:b] for k, v in fine.items()}
+            if coarse is not None:
+                m["coarse_attention"] = coarse["attention"][a:b]
+            maps.append(m)
         return maps
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from .batch import Batch, Sample, collate, make_sample
 from .config import MODES, FVLMConfig
 from .errors import ConfigError, InputError, PromptTooLongError
-from .generation import GenerateOutput, sample_next
+from .generation import DoneEvent, FrameEvent, GenerateOutput, StreamEvent, TextEvent, sample_next
 from .sequence import TextLoss, positions, text_loss
 from .video import Clip, center_crop, to_clip
 
@@ -128,8 +131,13 @@ class VLMBase(nn.Module):
     def forward(self, batch: Batch, mode: str = "coarse_fine", **kw) -> VLMOutput:
         raise NotImplementedError
 
-    def _prefill(self, batch: Batch, mode: str, return_attention: bool) -> Prefill:
+    def _prefill(self, batch: Batch, mode: str, return_attention: bool,
+                 on_step: Callable | None = None) -> Prefill:
         raise NotImplementedError
+
+    def attention_summary(self, probs: torch.Tensor) -> dict[str, np.ndarray]:
+        """Attention probs [n, L, H, N] -> per-frame heatmap fields (models with a query)."""
+        return {}
 
     def _attention_maps(self, pre: Prefill, batch: Batch) -> list[dict[str, np.ndarray]]:
         """Per sample, the GenerateOutput attention fields (none for models without a query)."""
@@ -165,11 +173,14 @@ class VLMBase(nn.Module):
         top_p: float = 1.0,
         return_attention: bool = True,
         seed: int | None = None,
+        callback: Callable[[FrameEvent | TextEvent], None] | None = None,
     ) -> GenerateOutput | list[GenerateOutput]:
         """Answer `prompt` about `video`.
 
         video: a path (video or image), a [T, H, W, 3] uint8 array/tensor, a list of PIL images
         (one video), or a list of paths / arrays (a batch: returns a list of outputs).
+        callback: called with a FrameEvent as each frame is read (live in autoregressive mode,
+        after the prefill otherwise) and a TextEvent after each generated token. See `stream`.
         """
         self.check_mode(mode)
         if self.tokenizer is None:
@@ -197,26 +208,67 @@ class VLMBase(nn.Module):
         max_new_tokens = min(max_new_tokens, room)
         batch = self.collate(samples, for_generation=True).to(self.device, self.dtype)
 
-        pre = self._prefill(batch, mode, return_attention)
-        tokens = self._decode(pre, max_new_tokens, temperature, top_p, seed)
+        crops = [center_crop(c.frames) for c in clips]
 
+        def frame_event(b: int, t: int, maps: dict[str, np.ndarray], j: int) -> FrameEvent:
+            get = lambda k: maps[k][j] if k in maps else None  # noqa: E731
+            return FrameEvent(sample=b, index=t, timestamp=float(clips[b].timestamps[t]), frame=crops[b][t],
+                              attention=get("attention"), coarse_attention=get("coarse_attention"),
+                              entropy=None if get("entropy") is None else float(get("entropy")))
+
+        def on_step(t: int, real: torch.Tensor, probs: torch.Tensor | None) -> None:  # live frames
+            maps = self.attention_summary(probs) if probs is not None else {}
+            for j, b in enumerate(real.nonzero()[:, 0].tolist()):
+                callback(frame_event(b, t, maps, j))
+
+        live = callback is not None and mode == "autoregressive"
+        pre = self._prefill(batch, mode, return_attention, on_step=on_step if live else None)
         maps = self._attention_maps(pre, batch) if return_attention else [{} for _ in clips]
-        outs = []
-        for i, clip in enumerate(clips):
-            ids = tokens[i]
-            outs.append(GenerateOutput(
-                text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                mode=mode,
-                frames=center_crop(clip.frames),
-                timestamps=clip.timestamps,
-                token_ids=ids,
-                source=clip.source,
-                **maps[i],
-            ))
+        if callback is not None and not live:
+            for b, m in enumerate(maps):
+                for t in range(len(crops[b])):
+                    callback(frame_event(b, t, m, t))
+
+        def on_token(rows: list[list[int]]) -> None:
+            for b, ids in enumerate(rows):
+                callback(TextEvent(sample=b, text=self.tokenizer.decode(ids, skip_special_tokens=True)))
+
+        tokens = self._decode(pre, max_new_tokens, temperature, top_p, seed,
+                              on_token=on_token if callback is not None else None)
+        outs = [
+            GenerateOutput(
+                text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(), mode=mode,
+                frames=crop, timestamps=clip.timestamps, token_ids=ids, source=clip.source, **m,
+            )
+            for clip, crop, ids, m in zip(clips, crops, tokens, maps)
+        ]
         return outs if batched else outs[0]
 
+    def stream(self, video, prompt: str, mode: str = "autoregressive", **kw) -> Iterator[StreamEvent]:
+        """generate() as a stream of events for one video: FrameEvents as frames are read, TextEvents
+        as tokens arrive, then a DoneEvent with the GenerateOutput. Errors are re-raised here."""
+        events: queue.Queue = queue.Queue()
+
+        def run() -> None:
+            try:
+                events.put(DoneEvent(self.generate(video, prompt, mode, callback=events.put, **kw)))
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                events.put(e)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        while True:
+            event = events.get()
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if isinstance(event, DoneEvent):
+                break
+        worker.join()
+
     def _decode(self, pre: Prefill, max_new_tokens: int, temperature: float, top_p: float,
-                seed: int | None) -> list[list[int]]:
+                seed: int | None, on_token: Callable[[list[list[int]]], None] | None = None,
+                ) -> list[list[int]]:
         """Token-by-token decoding from the prefilled KV cache; stops each sample at EOS."""
         B = pre.logits.shape[0]
         gen = None
@@ -232,19 +284,19 @@ class VLMBase(nn.Module):
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             out.append(nxt)
             done |= torch.isin(nxt, eos)
+            if on_token is not None:
+                on_token(self._cut_at_eos(torch.stack(out, dim=1).tolist()))
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             h = self.decoder(self.embed(nxt[:, None]), mask, pos[:, None], pre.cache)
             pos = pos + 1
             logits = self.llm.get_output_embeddings()(h[:, -1])
-        rows = torch.stack(out, dim=1).tolist() if out else [[] for _ in range(B)]
-        eos_set = set(self.eos_ids)
-        result = []
-        for row in rows:
-            cut = next((j for j, t in enumerate(row) if t in eos_set), len(row))
-            result.append(row[:cut])
-        return result
+        return self._cut_at_eos(torch.stack(out, dim=1).tolist())
+
+    def _cut_at_eos(self, rows: list[list[int]]) -> list[list[int]]:
+        eos = set(self.eos_ids)
+        return [row[: next((j for j, t in enumerate(row) if t in eos), len(row))] for row in rows]
 
     def _full_prefill(self, batch: Batch, inp) -> Prefill:
         """Prefill for modes whose whole input is known up front: one cached LLM pass."""

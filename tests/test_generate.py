@@ -120,3 +120,30 @@ def test_bad_inputs(make_model, video_file, tmp_path):
         model.generate(12345, "Hi?")
     with pytest.raises(InputError, match="2 videos"):
         model.generate([video_file, video_file], ["one prompt"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stream_events_match_generate(make_model, video_file, mode):
+    from fvlm.generation import DoneEvent, FrameEvent, TextEvent
+
+    model = make_model(seed=6)
+    events = list(model.stream(video_file, "What color is the square?", mode=mode, max_new_tokens=4))
+    frames = [e for e in events if isinstance(e, FrameEvent)]
+    texts = [e for e in events if isinstance(e, TextEvent)]
+    assert isinstance(events[-1], DoneEvent)
+    out = events[-1].output
+    assert [f.index for f in frames] == list(range(8))
+    assert all(f.sample == 0 for f in frames)
+    for f in frames:  # the live map of each frame is the final map
+        assert np.allclose(f.attention, out.attention[f.index], atol=1e-6)
+        assert f.frame.shape == out.frames[f.index].shape
+    assert (frames[0].coarse_attention is not None) == (mode == "coarse_fine")
+    assert 1 <= len(texts) <= 4 and texts[-1].text.strip() == out.text
+    reference = model.generate(video_file, "What color is the square?", mode=mode, max_new_tokens=4)
+    assert reference.token_ids == out.token_ids
+
+
+def test_stream_reraises_errors(make_model, tmp_path):
+    model = make_model()
+    with pytest.raises(VideoNotFoundError):
+        list(model.stream(str(tmp_path / "gone.mp4"), "Hi?"))
