@@ -46,7 +46,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fvlm.errors import ConfigError
+from .errors import ConfigError
+from .video import sample_indices  # the model's own sampler: shard frames == eval frames
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -137,18 +138,6 @@ class Track:
         return self.inside >= 0.5
 
 
-def _sampled_indices(num_frames: int, native_fps: float, fps: float = 1.0,
-                     max_frames: int = 64) -> np.ndarray:
-    """Indices of the frames the model sees. MUST match fvlm.video.sample_indices (the model's
-    sampler) so the shard frames are the eval frames; switch to the shared function once it exists."""
-    duration = num_frames / native_fps
-    n = int(min(max(round(duration * fps), 1), max_frames))
-    lo, hi = 0.0, num_frames - 1.0
-    if duration - 2 >= n / fps:  # room to skip the first and last second
-        lo, hi = float(native_fps), num_frames - 1.0 - native_fps
-    return np.unique(np.round(np.linspace(lo, hi, n)).astype(np.int64))
-
-
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Low-contrast smooth noise, stripes or gradient in two random greyish colours. (S, S, 3) uint8."""
     yy, xx = np.mgrid[0:size, 0:size] / size  # (S, S) each
@@ -232,7 +221,7 @@ def sample_scene(rng: np.random.Generator, difficulty: str, size: int = 128, sec
         shapes = rng.permutation(np.concatenate([np.full(m, pool_s[0]), pool_s[1:n - m + 1]]))
         digits = [None] * n
     size_names = ("small", "medium") if hard else ("medium", "large")
-    sampled = _sampled_indices(int(round(seconds * fps)), fps, max_frames=max_frames)
+    sampled = sample_indices(int(round(seconds * fps)), fps, max_frames=max_frames)
     scene = Scene(size, seconds, fps, "hard" if hard else "easy", [], _background(rng, size))
     for c, s, d in zip(colors, shapes, digits):
         size_name = size_names[rng.integers(2)]
@@ -456,7 +445,7 @@ def _make_clip(job: _Job, index: int) -> tuple[dict[str, list[dict]], dict, list
     difficulty = job.split if job.split != "mix" else ("easy", "hard")[rng.integers(2)]
     scene = sample_scene(rng, difficulty, job.size, job.seconds, job.fps, job.max_frames)
     track = compute_track(scene)
-    sampled = _sampled_indices(scene.num_frames, job.fps, max_frames=job.max_frames)
+    sampled = sample_indices(scene.num_frames, job.fps, max_frames=job.max_frames)
     clip = f"{job.subset}-{index:06d}"
     if job.video_dir is not None:
         frames = render(scene, track, np.arange(scene.num_frames))
@@ -561,7 +550,7 @@ def make_examples(out_dir: str | Path = Path(__file__).parent / "assets" / "exam
     rows = []
     for stem, scene in scenes.items():
         track = compute_track(scene)
-        sampled = _sampled_indices(scene.num_frames, scene.fps)
+        sampled = sample_indices(scene.num_frames, scene.fps)
         _write_mp4(out / f"{stem}.mp4", render(scene, track, np.arange(scene.num_frames)), scene.fps)
         gt = _ground_truth(scene, track, sampled)
         for qtype, cands in question_candidates(scene, track, sampled).items():

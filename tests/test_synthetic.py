@@ -13,8 +13,9 @@ import webdataset as wds
 
 from fvlm import synthetic as S
 from fvlm.errors import ConfigError
+from fvlm.video import sample_indices
 
-SAMPLED = S._sampled_indices(64, 8)
+SAMPLED = sample_indices(64, 8)
 
 
 def _job(subset="train", seed=0, split="mix", size=128, videos=None):
@@ -29,12 +30,8 @@ def _answers(cands, qtype):
     return {c["question"]: c["answer"] for c in cands[qtype]}
 
 
-def test_sampled_indices_mirror_the_model_sampler():
-    assert SAMPLED.tolist() == [0, 9, 18, 27, 36, 45, 54, 63]
-    long = S._sampled_indices(480, 8, max_frames=16)  # 60 s: capped at 16, first and last second skipped
-    assert len(long) == 16 and long[0] == 8 and long[-1] == 471
-    assert S._sampled_indices(4, 8).tolist() == [0]  # 0.5 s -> one frame
-    assert S._sampled_indices(3, 1).tolist() == [0, 1, 2]
+def test_shards_use_the_model_sampler():
+    assert SAMPLED.tolist() == [0, 9, 18, 27, 36, 45, 54, 63]  # 8 s at 8 fps -> 1 fps
 
 
 def test_same_seed_same_clip_and_different_seed_different_clip():
