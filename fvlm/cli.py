@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from .config import MODES
 from .errors import FVLMError
@@ -126,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description=(synthetic.__doc__ or "").strip().split("\n\n")[0])
     synthetic.add_arguments(s)
     s.set_defaults(func=synthetic.run)
+
+    from . import shapes_eval
+
+    e = sub.add_parser("eval-shapes", help="ShapesQA accuracy per question type and gaze metrics",
+                       description=(shapes_eval.__doc__ or "").strip().split("\n\n")[0])
+    shapes_eval.add_arguments(e)
+    e.set_defaults(func=shapes_eval.run)
     return parser
 
 

@@ -1,0 +1,57 @@
+"""ShapesQA evaluation: answer normalisation, gaze metrics on hand-made maps, an end-to-end run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fvlm.shapes_eval import evaluate, format_report, gaze_ratios, normalize, read_index
+
+
+def test_normalize():
+    assert normalize("The Red circle.") == "red circle"
+    assert normalize("  LEFT!") == "left"
+    assert normalize("a cross") == "cross"
+
+
+def test_gaze_ratios_on_hand_made_maps():
+    boxes = [[0, 0, 32, 32], [64, 64, 96, 96], None]  # 128 px frame, 4x4 map (32-px cells)
+    on_target = np.zeros((4, 4))
+    on_target[0, 0] = 1.0
+    c, s = gaze_ratios(on_target, boxes, 0, (128, 128))
+    assert c == pytest.approx(16.0)  # all mass on 1/16 of the frame
+    assert s > 1e6  # nothing on the other object
+    uniform = np.ones((4, 4))
+    c, s = gaze_ratios(uniform, boxes, 0, (128, 128))
+    assert c == pytest.approx(1.0) and s == pytest.approx(1.0)
+    on_other = np.zeros((4, 4))
+    on_other[2, 2] = 1.0
+    c, s = gaze_ratios(on_other + 1e-9, boxes, 0, (128, 128))
+    assert c < 1e-3 and s < 1e-3
+    assert gaze_ratios(uniform, boxes, 2, (128, 128)) == (None, None)  # target outside the frame
+
+
+def test_gaze_ratios_use_the_centre_crop():
+    boxes = [[32, 0, 64, 32], [96, 96, 128, 128]]  # frame 128 wide x 64 high: crop x in [32, 96)
+    m = np.zeros((2, 2))
+    m[0, 0] = 1.0  # the crop's top-left cell = frame pixels x 32..64, y 0..32
+    c, _ = gaze_ratios(m, boxes, 0, (64, 128))
+    assert c == pytest.approx(4.0)
+
+
+def test_evaluate_end_to_end(make_model, tmp_path):
+    from fvlm.synthetic import make_shapes
+
+    make_shapes(tmp_path, n=3, seed=0, split="hard", subset="test", shards=False, size=64, progress=False)
+    records = read_index(tmp_path / "test" / "index.jsonl", limit=6)
+    model = make_model(seed=1, image_size=32)
+    report = evaluate(model, records, modes=("coarse_only", "autoregressive"), batch_size=3, progress=False)
+    for mode in ("coarse_only", "autoregressive"):
+        r = report[mode]
+        assert r["n"] == sum(1 for x in records if x["qtype"] != "caption")
+        assert 0.0 <= r["accuracy"] <= 1.0
+        if any(x["target"] is not None for x in records):
+            assert {"shown", "layer_mean", "layer0", "layer1"} <= set(r["concentration"])
+    text = format_report(report)
+    assert "accuracy (all)" in text and "selec" in text
+    json.dumps(report)  # serialisable
