@@ -103,16 +103,25 @@ class FoveatedVLM(VLMBase):
         always computed when config.lambda_coarse > 0 and then added to the loss.
         """
         self.check_mode(mode)
-        cache = self.encode_frames(batch)
         fm = batch.frame_mask
-        n = cache.num_frames
-        if mode == "autoregressive":
+        if not bool(fm.any()):  # text only: no visual tokens, every mode is the same LLM pass
+            visual = self.q_static.new_zeros(*fm.shape, self.llm.config.hidden_size)
+            inp = self._inputs(batch, visual)
+            hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
+            out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels))
+            out.loss = out.text.loss
+            if mode == "coarse_fine" and (measure_coarse or self.config.lambda_coarse > 0):
+                out.coarse = out.text
+                out.loss = out.loss + self.config.lambda_coarse * out.coarse.loss
+        elif mode == "autoregressive":
+            cache = self.encode_frames(batch)
             run = self._autoregressive(batch, cache, return_attention=return_attention)
             hidden, inp, probs = run["hidden"], run["input"], run["attention"]
             out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs)
             out.loss = out.text.loss
         else:
-            vis_c, probs_c = self._visual(self._static_queries(n), cache, fm, return_attention)
+            cache = self.encode_frames(batch)
+            vis_c, probs_c = self._visual(self._static_queries(cache.num_frames), cache, fm, return_attention)
             inp_c = self._inputs(batch, vis_c, with_suffix=(mode == "coarse_only" or measure_coarse
                                                             or self.config.lambda_coarse > 0))
             hidden_c = self.decoder(inp_c.embeds, inp_c.mask, inp_c.position_ids)

@@ -157,12 +157,18 @@ def test_loss_targets_answer_only_and_all_tokens(make_model):
     assert torch.allclose(out_a.loss, manual, atol=1e-5)
 
 
-def test_text_only_sample(make_model):
+def test_text_only_samples(make_model):
     model = make_model()
-    batch = collate([make_sample(model, 0, "Say hi.", "hi"), make_sample(model, 2)])
-    for mode in MODES:
-        out = model(batch, mode=mode)
-        assert torch.isfinite(out.loss) and (out.text.num_targets > 0).all()
+    mixed = collate([make_sample(model, 0, "Say hi.", "hi"), make_sample(model, 2)])
+    text_only = collate([make_sample(model, 0, "Say hi.", "hi"), make_sample(model, 0, "Count.", "one")])
+    for batch in (mixed, text_only):
+        losses = []
+        for mode in MODES:
+            out = model(batch, mode=mode, measure_coarse=True)
+            assert torch.isfinite(out.loss) and (out.text.num_targets > 0).all()
+            losses.append(out.loss.item())
+        if batch is text_only:  # no frames: every mode is the same plain LLM pass
+            assert max(losses) - min(losses) < 1e-5
 
 
 def test_coarse_loss_is_measured_and_weighted(make_model):

@@ -1,0 +1,459 @@
+"""Entry point and training loop.
+
+    python -m trainer.run --config trainer/configs/tiny.yaml [--dry-run] [--no-wandb] [--set a.b=v ...]
+    torchrun --nproc_per_node=N [--nnodes M --rdzv-endpoint HOST:PORT ...] -m trainer.run --config ...
+
+One optimizer step = grad_accum micro-batches per rank (DDP gradients sync on the last one only,
+`no_sync` before). The mode (coarse_fine / coarse_only / autoregressive) is drawn per step from
+train.modes with a generator fixed by (seed, step), the same on every rank. Checkpoints every
+checkpoint.every_steps, at every new best validation metric and at the end; the final model is
+saved to RUN/final in fvlm's save_pretrained format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from fvlm.errors import ConfigError, FVLMError
+from fvlm.vlm import param_group
+
+from . import checkpoint as ckpt
+from . import dist as D
+from .build import build_model, build_tokenizer, freeze, speedups
+from .config import Config, load_config, to_yaml
+from .data import Decoder, EvalStream, TrainStream, advance, expand_shards, loader, skipped_counts
+from .dpo import dpo_step, reference_model
+from .evaluate import evaluate
+from .flops import sample_flops, samples_for_budget
+from .logger import RunLogger, line
+from .optim import build_optimizer, set_lrs, warmup_steps
+
+# Test-only fault injection: SIGKILL this process right after optimizer step N (0 = never).
+KILL_AT_STEP = int(os.environ.get("FVLM_TRAINER_KILL_AT_STEP", "0"))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m trainer.run", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="a YAML file (see trainer/configs/)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set data.batch_size=4 (repeatable)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print one batch's shapes, steps, batch size, parameters and FLOPs, then exit",
+    )
+    p.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+    except FVLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    dist = D.init()
+    try:
+        return Trainer(cfg, args, dist).run()
+    finally:
+        D.close(dist)
+
+
+def pick_mode(cfg: Config, step: int) -> str:
+    """The mode of optimizer step `step`: same on every rank and after a resume."""
+    probs = cfg.mode_probs
+    if len(probs) == 1:
+        return next(iter(probs))
+    digest = hashlib.sha256(f"mode-{cfg.run.seed}-{step}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    for mode, p in probs.items():
+        u -= p
+        if u < 0:
+            return mode
+    return mode
+
+
+def autocast_factory(cfg: Config, device: torch.device):
+    """bf16 autocast on CUDA (dtype auto/bf16), fp16 with a grad scaler, fp32 otherwise."""
+    dtype = cfg.train.dtype
+    if dtype == "auto":
+        dtype = "bf16" if device.type == "cuda" else "fp32"
+    if dtype == "fp16" and device.type != "cuda":
+        raise ConfigError("config key 'train.dtype': fp16 needs CUDA; use fp32 or bf16")
+    if dtype == "fp32":
+        return contextlib.nullcontext, dtype
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
+    return (lambda: torch.autocast(device.type, dtype=torch_dtype)), dtype
+
+
+class Trainer:
+    def __init__(self, cfg: Config, args: argparse.Namespace, dist: D.Dist):
+        self.cfg, self.args, self.dist = cfg, args, dist
+        self.run_dir = Path(cfg.run.out_dir)
+        self.dpo = cfg.loss.type == "dpo"
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def _resume_dir(self) -> Path | None:
+        r = self.cfg.checkpoint.resume
+        if r == "never" or self.args.dry_run:
+            return None
+        if r == "auto":
+            return ckpt.latest(self.run_dir)
+        path = Path(r)
+        ckpt.load_state(path)  # a clear error if it is not a checkpoint
+        return path
+
+    def setup(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        if dist.main and not self.args.dry_run:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_partial(self.run_dir)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        D.barrier(dist)
+        self.resume_dir = self._resume_dir()
+        self.tokenizer = build_tokenizer(cfg, self.resume_dir)
+        model = build_model(cfg, self.tokenizer)
+        self.reference = reference_model(model).to(dist.device) if self.dpo else None
+        freeze(model, cfg)
+        self.model = model.to(dist.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.autocast, dtype = autocast_factory(cfg, dist.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
+        self.state = ckpt.TrainState()
+        if self.resume_dir is not None:
+            self.state, rng = ckpt.restore(self.resume_dir, self.model, self.optimizer)
+            if len(rng) != dist.world:
+                raise ConfigError(
+                    f"{self.resume_dir} was written by {len(rng)} processes, this run has "
+                    f"{dist.world}: resume with the same number of processes"
+                )
+            if self.state.scaler:
+                self.scaler.load_state_dict(self.state.scaler)
+            torch.set_rng_state(rng[dist.rank]["cpu"])
+            if "cuda" in rng[dist.rank] and dist.device.type == "cuda":
+                torch.cuda.set_rng_state(rng[dist.rank]["cuda"], dist.device)
+
+        self.flops = sample_flops(cfg, model.config.vision, model.config.llm)
+        total = cfg.train.total_samples
+        if total is None:
+            total = samples_for_budget(cfg.flops.budget, self.flops["total"])
+        self.effective_batch = cfg.data.batch_size * cfg.train.grad_accum * dist.world
+        self.total_samples = total
+        self.total_steps = max(1, total // self.effective_batch)
+
+        self.decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        positions = self.state.positions
+        position = positions[dist.rank] if positions else None
+        self.dataset = TrainStream(
+            cfg.data, self.decoder, self.pad_id, cfg.run.seed, dist.rank, dist.world, position
+        )
+        self.position = copy.deepcopy(self.dataset.position)
+        self.val_shards = (
+            expand_shards(cfg.data.val_shards, "data.val_shards") if cfg.data.val_shards is not None else None
+        )
+
+    def _train_loader(self):
+        d = self.cfg.data
+        return loader(self.dataset, d.num_workers, d.prefetch_factor, self.dist.device.type == "cuda")
+
+    def _val_loader(self):
+        d = self.cfg.data
+        ds = EvalStream(
+            self.val_shards,
+            self.decoder,
+            d.batch_size,
+            self.pad_id,
+            self.dist.rank,
+            self.dist.world,
+            d.num_workers,
+            self.cfg.eval.max_samples,
+        )
+        return loader(ds, d.num_workers, d.prefetch_factor, self.dist.device.type == "cuda")
+
+    # ---- dry run --------------------------------------------------------------------------------
+    def dry_run(self) -> int:
+        cfg = self.cfg
+        tb = next(iter(self._train_loader()))
+        b = tb.batch
+        print(f"config: {self.args.config}  stage {cfg.stage}  loss {cfg.loss.type}  modes {cfg.mode_probs}")
+        print(f"batch ({tb.kind}, {tb.size} {'pairs' if self.dpo else 'samples'}):")
+        for name in ("pixel_values", "frame_mask", "prefix_ids", "suffix_ids"):
+            print(f"  {name:13s} {list(getattr(b, name).shape)}")
+        print(f"  frames per sample {b.num_frames.tolist()}")
+        print(
+            f"total samples {self.total_samples}  total steps {self.total_steps}  "
+            f"warmup steps {warmup_steps(self.total_steps, cfg.optim)}"
+        )
+        print(
+            f"effective batch {self.effective_batch} = {cfg.data.batch_size} x grad_accum "
+            f"{cfg.train.grad_accum} x {self.dist.world} ranks"
+            + ("  (nominal: dynamic batching)" if cfg.data.dynamic_batch else "")
+        )
+        counts = self.model.num_parameters_by_group()
+        trainable: dict[str, int] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                trainable[param_group(name)] = trainable.get(param_group(name), 0) + p.numel()
+        for g in ("connector", "dino", "llm"):
+            print(f"params {g:9s} {counts.get(g, 0):>13,d}  trainable {trainable.get(g, 0):>13,d}")
+        f = self.flops
+        print(
+            f"forward FLOPs per sample ({cfg.flops.avg_frames:g} frames, {cfg.flops.avg_text_tokens} "
+            f"text tokens, {cfg.main_mode}): {f['total']:.3e}  ("
+            + ", ".join(f"{k} {v:.2e}" for k, v in f.items() if k != "total")
+            + ")"
+        )
+        print(f"training FLOPs (3x forward x samples): {3 * f['total'] * self.total_samples:.3e}")
+        return 0
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.setup()
+        if self.args.dry_run:
+            return self.dry_run() if self.dist.main else 0
+        cfg, dist = self.cfg, self.dist
+        speedups(self.model, cfg)
+        net: torch.nn.Module = self.model
+        if dist.enabled:  # text-only batches leave DINO unused, coarse_only llm_to_query/q_init
+            net = DDP(
+                self.model,
+                device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        self.net = net
+        resumed_step = self.state.step if self.resume_dir is not None else None
+        self.logger = (
+            RunLogger(cfg, self.run_dir, resumed_step, not self.args.no_wandb) if dist.main else None
+        )
+        self.keys_file = self._keys_file(resumed_step)
+        if dist.main:
+            where = (
+                f"resumed from {self.resume_dir} at step {self.state.step}"
+                if self.resume_dir
+                else "fresh start"
+            )
+            print(
+                f"[trainer] {cfg.run.name}: {self.total_steps} steps x {self.effective_batch} samples, "
+                f"{where}, device {dist.device}, world {dist.world}",
+                flush=True,
+            )
+        try:
+            self._loop()
+        finally:
+            if self.keys_file is not None:
+                self.keys_file.close()
+            if self.logger is not None:
+                self.logger.close()
+        return 0
+
+    def _keys_file(self, resumed_step: int | None):
+        if not self.cfg.log.sample_keys:
+            return None
+        path = self.run_dir / f"samples_rank{self.dist.rank}.jsonl"
+        kept = []
+        if resumed_step is not None and path.is_file():
+            kept = [r for r in path.read_text().splitlines() if json.loads(r)["step"] <= resumed_step]
+        path.write_text("".join(r + "\n" for r in kept))
+        return open(path, "a")
+
+    def _loop(self) -> None:
+        cfg, dist, st = self.cfg, self.dist, self.state
+        accum = cfg.train.grad_accum
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        batches = iter(self._train_loader())
+        start_time, start_samples, start_wall = time.time(), st.samples, st.wall_time
+        bar = tqdm(
+            total=self.total_steps,
+            initial=st.step,
+            disable=not dist.main,
+            desc=cfg.run.name,
+            dynamic_ncols=True,
+        )
+        last_eval: dict[str, Any] = {}
+        last_train: dict[str, Any] = {}
+        while st.step < self.total_steps:
+            mode = pick_mode(cfg, st.step)
+            log_now = (st.step + 1) % cfg.log.every_steps == 0 or st.step + 1 == self.total_steps
+            measure = (
+                log_now and self.model.architecture == "foveated" and mode == "coarse_fine" and not self.dpo
+            )
+            # sums over micro-batches: loss, fine, coarse, coarse count, samples, text batches, dpo x4
+            acc = torch.zeros(10, dtype=torch.float64)
+            for micro in range(accum):
+                tb = next(batches)
+                advance(self.position, tb)
+                if self.keys_file is not None:
+                    self.keys_file.write(
+                        json.dumps({"step": st.step + 1, "micro": micro, "kind": tb.kind, "keys": tb.keys})
+                        + "\n"
+                    )
+                    self.keys_file.flush()
+                batch = tb.batch.to(dist.device)
+                sync = not dist.enabled or micro == accum - 1
+                with contextlib.nullcontext() if sync else self.net.no_sync():
+                    with self.autocast():
+                        if self.dpo:
+                            stats = dpo_step(
+                                self.net, self.reference, batch, mode, cfg.loss.beta
+                            )
+                            loss = stats.loss
+                            acc[6:10] += torch.tensor(
+                                [
+                                    float(stats.reward_acc),
+                                    float(stats.margin),
+                                    float(stats.chosen_reward),
+                                    float(stats.rejected_reward),
+                                ]
+                            )
+                        else:
+                            out = self.net(batch, mode=mode, measure_coarse=measure)
+                            loss = out.loss
+                            acc[1] += float(out.text.loss.detach())
+                            if out.coarse is not None:
+                                acc[2] += float(out.coarse.loss.detach())
+                                acc[3] += 1
+                    self.scaler.scale(loss / accum).backward()
+                acc[0] += float(loss.detach())
+                acc[4] += tb.size
+                acc[5] += tb.kind == "text"
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip))
+            lrs = set_lrs(self.optimizer, st.step, self.total_steps, cfg.optim)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            D.all_reduce_sum(dist, acc)
+            st.step += 1
+            st.samples += int(acc[4])
+            bar.update(1)
+
+            if log_now:
+                n = accum * dist.world
+                elapsed = time.time() - start_time
+                m = {
+                    "samples": st.samples,
+                    "epoch": min(w["epoch"] for w in self.position["workers"]),
+                    "wall_time": start_wall + elapsed,
+                    "loss": float(acc[0] / n),
+                    "grad_norm": grad_norm,
+                    **{f"lr_{g}": v for g, v in lrs.items()},
+                    "samples_per_s": (st.samples - start_samples) / max(elapsed, 1e-9),
+                    "gpu_mem_gb": (
+                        torch.cuda.max_memory_allocated(dist.device) / 1e9
+                        if dist.device.type == "cuda"
+                        else 0.0
+                    ),
+                    "skipped_samples": self._skipped(),
+                    "text_batches": int(acc[5]),
+                }
+                if self.dpo:
+                    m.update(
+                        dpo_reward_acc=float(acc[6] / n),
+                        dpo_margin=float(acc[7] / n),
+                        dpo_chosen_reward=float(acc[8] / n),
+                        dpo_rejected_reward=float(acc[9] / n),
+                    )
+                else:
+                    m["loss_fine"] = float(acc[1] / n)
+                    if acc[3] > 0:
+                        m["loss_coarse"] = float(acc[2] / acc[3])
+                        m["loss_ratio"] = m["loss_fine"] / m["loss_coarse"]
+                last_train = m
+                if dist.main:
+                    self.logger.log("train", st.step, m)
+                    bar.write(line(st.step, self.total_steps, m))
+                if not math.isfinite(m["loss"]):
+                    raise FloatingPointError(f"loss is {m['loss']} at step {st.step}")
+
+            done = st.step == self.total_steps
+            improved = False
+            if self.val_shards is not None and (st.step % cfg.eval.every_steps == 0 or done):
+                last_eval = self._evaluate()
+                improved = self._update_best(last_eval)
+            if improved or done or st.step % cfg.checkpoint.every_steps == 0:
+                st.wall_time = start_wall + time.time() - start_time
+                self._save()
+            if st.step == KILL_AT_STEP:  # fault injection for the resume tests: a hard crash here
+                os.kill(os.getpid(), signal.SIGKILL)
+        bar.close()
+        self._finish(last_train, last_eval)
+
+    def _skipped(self) -> int:
+        local = torch.tensor([sum(skipped_counts(self.position).values())], dtype=torch.float64)
+        return int(D.all_reduce_sum(self.dist, local)[0])
+
+    def _evaluate(self) -> dict[str, Any]:
+        heatmaps = self.run_dir / "heatmaps" / ckpt.step_name(self.state.step)
+        metrics = evaluate(
+            self.model, self.reference, self.cfg, self._val_loader(), self.dist, self.autocast, heatmaps
+        )
+        if self.dist.main:
+            self.logger.log("eval", self.state.step, metrics)
+            shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+            print(f"[eval] step {self.state.step}: {shown}", flush=True)
+        return metrics
+
+    def _update_best(self, metrics: dict[str, Any]) -> bool:
+        """Best is chosen on the validation metric only (never a training batch's loss)."""
+        value = metrics["val_dpo_loss"] if self.dpo else metrics["val_loss"]
+        st = self.state
+        if value is None or (st.best_metric is not None and value >= st.best_metric):
+            return False
+        st.best_metric, st.best_step = value, st.step
+        return True
+
+    def _save(self) -> None:
+        dist, st = self.dist, self.state
+        st.positions = D.all_gather(dist, self.position)
+        st.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
+        rng = {"cpu": torch.get_rng_state()}
+        if dist.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(dist.device)
+        rngs = D.all_gather(dist, rng)
+        if dist.main:
+            ckpt.save(self.run_dir, self.model, self.optimizer, st, rngs, self.cfg.checkpoint.keep_last)
+        D.barrier(dist)
+
+    def _finish(self, last_train: dict[str, Any], last_eval: dict[str, Any]) -> None:
+        dist, st = self.dist, self.state
+        if not dist.main:
+            return
+        final_dir = self.run_dir / "final"
+        self.model.save_pretrained(final_dir)
+        best = {
+            "metric": "val_dpo_loss" if self.dpo else "val_loss",
+            "value": st.best_metric,
+            "step": st.best_step,
+        }
+        final = {"step": st.step, **last_train, **last_eval}
+        path = self.logger.summary(self.args.config, final, best, st.step, st.samples, st.wall_time)
+        print(
+            f"[trainer] done: {st.step} steps, {st.samples} samples; model in {final_dir}; summary {path}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
