@@ -8,7 +8,6 @@ Same inputs, outputs and generate() as FoveatedVLM; the mode argument is accepte
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import Dinov2Model

@@ -132,10 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
                        description=(shapes_eval.__doc__ or "").strip().split("\n\n")[0])
     shapes_eval.add_arguments(e)
     e.set_defaults(func=shapes_eval.run)
+    d = sub.add_parser("demo", add_help=False, help="the gradio demo with live heatmaps (python -m demo)",
+                       description="Pass-through to `python -m demo`; see `fvlm demo --help`.")
+    d.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
+def run_demo(argv: list[str]) -> int:
+    """`fvlm demo ...` is `python -m demo ...` (its own flags: --host, --port, --share, --model, ...)."""
+    try:
+        from demo.app import main as demo_main
+    except ImportError as e:
+        print(f"fvlm: the demo needs gradio: pip install 'fvlm[demo]' ({e})", file=sys.stderr)
+        return 2
+    return demo_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        return run_demo(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -102,7 +102,7 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
     """Accuracy per qtype and foveation metrics per layer, for every mode. See the module doc."""
     report = {}
     for mode in modes:
-        correct: dict[str, list[bool]] = defaultdict(list)
+        correct: dict[str, list[bool]] = defaultdict(list)  # "qtype" and "difficulty/qtype"
         conc: dict[str, list[float]] = defaultdict(list)
         sel: dict[str, list[float]] = defaultdict(list)
         bar = tqdm(range(0, len(records), batch_size), desc=f"eval {mode}", disable=not progress,
@@ -113,7 +113,9 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
                                   mode=mode, max_new_tokens=24)
             for r, out in zip(chunk, outs):
                 if r["qtype"] not in UNSCORED:
-                    correct[r["qtype"]].append(normalize(out.text) == normalize(r["answer"]))
+                    ok = normalize(out.text) == normalize(r["answer"])
+                    correct[r["qtype"]].append(ok)
+                    correct[f"{r.get('difficulty', 'all')}/{r['qtype']}"].append(ok)
                 if r.get("target") is None or out.attention is None:
                     continue
                 maps = {"shown": out.attention, "layer_mean": out.layer_attention.mean(1)}
@@ -132,10 +134,15 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
                             conc[name].append(c)
                         if s is not None:
                             sel[name].append(s)
-        scored = [x for v in correct.values() for x in v]
+        scored = [x for q, v in correct.items() if "/" not in q for x in v]
+        by_split = defaultdict(list)
+        for q, v in correct.items():
+            if "/" in q:
+                by_split[q.split("/")[0]].extend(v)
         report[mode] = {
             "accuracy": _mean(scored),
             "n": len(scored),
+            "accuracy_by_split": {d: _mean(v) for d, v in sorted(by_split.items())},
             "accuracy_by_qtype": {q: _mean(v) for q, v in sorted(correct.items())},
             "concentration": {k: _mean(v) for k, v in conc.items()},
             "selectivity": {k: _mean(v) for k, v in sel.items()},
@@ -151,6 +158,9 @@ def format_report(report: dict) -> str:
     num = lambda x: "   -  " if x is None else f"{x:6.2f}"  # noqa: E731
     lines = [f"{'':22}" + "".join(f"{m:>16}" for m in modes)]
     lines.append(f"{'accuracy (all)':22}" + "".join(f"{pct(report[m]['accuracy']):>16}" for m in modes))
+    for d in sorted({d for m in modes for d in report[m]["accuracy_by_split"]}):
+        lines.append(f"{'accuracy ' + d:22}" + "".join(f"{pct(report[m]['accuracy_by_split'].get(d)):>16}"
+                                                      for m in modes))
     for q in qtypes:
         lines.append(f"{'  ' + q:22}" + "".join(f"{pct(report[m]['accuracy_by_qtype'].get(q)):>16}"
                                                for m in modes))

@@ -24,7 +24,7 @@ from .batch import Batch, Sample, collate, make_sample
 from .config import MODES, FVLMConfig
 from .errors import ConfigError, InputError, PromptTooLongError
 from .generation import DoneEvent, FrameEvent, GenerateOutput, StreamEvent, TextEvent, sample_next
-from .sequence import TextLoss, positions, text_loss
+from .sequence import TextLoss, text_loss
 from .video import Clip, center_crop, to_clip
 
 

@@ -1,0 +1,449 @@
+"""The fvlm demo: watch a foveated video VLM decide where to look, frame by frame.
+
+    python -m demo [--host 127.0.0.1] [--port 7860] [--share] [--model DIR]
+                   [--max-upload-mb 50] [--max-duration-s 300] [--frame-interval-s 0.25]
+
+Live updates: `run` is a generator over `model.stream(...)`. Each FrameEvent renders that frame's
+overlay (written once as a PNG), appends it to the gallery, redraws the entropy plot and yields;
+gradio pushes every yield to the browser. TextEvents update only the answer (gr.skip() for the
+rest); the DoneEvent writes the overlay MP4. In autoregressive mode frames arrive as the model
+reads them; in the other modes they all arrive after the prefill.
+
+The model is loaded on the first request (ModelCache), never at import. One request runs at a
+time (queue default_concurrency_limit=1): other users wait in the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+
+import gradio as gr
+
+from fvlm.errors import FVLMError
+from fvlm.hub import DEFAULT_MODEL_DIR
+
+from . import render
+
+EXAMPLES_DIR = DEFAULT_MODEL_DIR.parent / "examples"
+MODES = ("autoregressive", "coarse_fine", "coarse_only")
+# (clip in EXAMPLES_DIR, question from its examples.jsonl, mode); shown as one-click examples
+EXAMPLES = [
+    ("shapes_easy.mp4", "What color is the triangle?", "autoregressive"),
+    ("shapes_motion.mp4", "Which way does the yellow star move?", "autoregressive"),
+    ("shapes_hard.mp4", "What digit is on the purple cross?", "autoregressive"),
+    ("shapes_easy.mp4", "What color is the triangle?", "coarse_fine"),
+]
+TEXT_INTERVAL_S = 0.1  # min seconds between answer updates while tokens stream in (the end always shows)
+MODE_HELP = (
+    "autoregressive: the LLM writes the next frame's query, frames shown live as they are read · "
+    "coarse_fine: a static query pass, then the fine pass (both maps available) · "
+    "coarse_only: the static query alone"
+)
+
+
+@dataclass
+class Settings:
+    model_dir: Path | None = None  # None: the model shipped with fvlm
+    device: str | None = None  # None: cuda if available, else cpu
+    max_upload_mb: float = 50.0
+    max_duration_s: float = 300.0
+    frame_interval_s: float = 0.25  # min seconds between live frame updates, so fast models stay watchable
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # the sampling slider's initial value (0 = greedy)
+    mp4_fps: float = 2.0
+    workdir: Path | None = None  # per-request output folders go here; None: a fresh temp dir
+    keep_runs: int = 32  # output folders kept (older ones are deleted; gradio has its own copies)
+    max_queue: int = 32  # waiting requests beyond this are turned away with "queue is full"
+
+
+class UploadError(ValueError):
+    """The request breaks one of the demo's limits or lacks an input; the message says which."""
+
+
+# -----------------------------------------------------------------------------
+# input checks
+
+
+def video_duration(path: str | os.PathLike) -> float | None:
+    """Duration in seconds from the container header, or None when PyAV cannot tell.
+
+    None is not an error here: fvlm's loader then decodes the file and reports precisely why it
+    is unusable (corrupt, not a video, ...).
+    """
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="replace") as container:
+            if container.duration is not None:
+                return container.duration / 1e6  # microseconds
+            for stream in container.streams.video:
+                if stream.duration is not None and stream.time_base is not None:
+                    return float(stream.duration * stream.time_base)
+    except av.error.FFmpegError:
+        return None  # unreadable: fvlm.video raises VideoDecodeError with the reason
+    return None
+
+
+def validate_upload(path: str | os.PathLike, max_upload_mb: float, max_duration_s: float) -> None:
+    """Raise UploadError when the file is larger than max_upload_mb or longer than max_duration_s."""
+    from fvlm.video import IMAGE_EXTENSIONS
+
+    path = Path(path)
+    if not path.is_file():
+        raise UploadError(f"{path.name}: the upload is missing on the server; upload it again")
+    size_mb = path.stat().st_size / 2**20
+    if size_mb > max_upload_mb:
+        raise UploadError(
+            f"{path.name} is {size_mb:.1f} MB; this demo accepts files up to {max_upload_mb:g} MB. "
+            "Trim or re-encode it (e.g. `ffmpeg -i in.mp4 -t 60 -vf scale=-2:480 out.mp4`)."
+        )
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return
+    duration = video_duration(path)
+    if duration is not None and duration > max_duration_s:
+        raise UploadError(
+            f"{path.name} is {duration:.0f} s long; this demo accepts videos up to {max_duration_s:g} s. "
+            f"Trim it (e.g. `ffmpeg -i in.mp4 -t {max_duration_s:g} out.mp4`)."
+        )
+
+
+# -----------------------------------------------------------------------------
+# models and output folders
+
+
+class ModelCache:
+    """Models by directory, loaded on first use, the `capacity` most recently used kept. Thread-safe."""
+
+    def __init__(self, device: str | None = None, capacity: int = 2):
+        self.device, self.capacity = device, capacity
+        self._models: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, model_dir: Path) -> bool:
+        return str(Path(model_dir).resolve()) in self._models
+
+    def get(self, model_dir: Path):
+        key = str(Path(model_dir).resolve())
+        with self._lock:  # one load at a time; a second request for the same dir waits and reuses it
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            import torch
+
+            from fvlm.hub import load
+
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model = load(model_dir, device=device)
+            self._models[key] = model
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+            return model
+
+
+class RunDirs:
+    """Numbered per-request output folders under one root; only the newest `keep` survive.
+
+    root=None: a fresh temp dir, made on the first request (building the app writes nothing).
+    """
+
+    def __init__(self, root: Path | None, keep: int):
+        self.root = None if root is None else Path(root)
+        self.keep = keep
+        self._count = itertools.count()
+        self._lock = threading.Lock()
+
+    def new(self) -> Path:
+        with self._lock:
+            if self.root is None:
+                self.root = Path(tempfile.mkdtemp(prefix="fvlm-demo-"))
+            self.root.mkdir(parents=True, exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix=f"run{next(self._count):05d}-", dir=self.root))
+            runs = sorted((p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("run")),
+                          key=lambda p: p.name)
+            for old in runs[: max(0, len(runs) - self.keep)]:
+                shutil.rmtree(old, ignore_errors=True)  # gradio serves its own cached copies
+            return path
+
+    def cleanup(self) -> None:
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def resolve_model_dir(text: str | None, settings: Settings) -> Path:
+    """The model directory typed in the UI, else --model, else the shipped default."""
+    if text and text.strip():
+        return Path(text.strip()).expanduser()
+    return settings.model_dir or DEFAULT_MODEL_DIR
+
+
+def model_markdown(model_dir: Path) -> str:
+    """A short description of the model in model_dir, with its config notes (e.g. PLACEHOLDER)."""
+    from fvlm.config import FVLMConfig
+
+    name = "the default model shipped with fvlm" if Path(model_dir) == DEFAULT_MODEL_DIR else f"`{model_dir}`"
+    try:
+        cfg = FVLMConfig.load(model_dir)
+    except (FVLMError, OSError, ValueError) as e:
+        return f"**Model:** {name}. ⚠️ Its config could not be read: {e}"
+    text = (f"**Model:** {name} ({cfg.architecture}, {cfg.image_size}-px frames, "
+            f"up to {cfg.max_frames} frames at {cfg.fps:g} fps)")
+    if cfg.notes:
+        text += f"\n\n> ⚠️ **Model note:** {cfg.notes}"
+    return text
+
+
+OUTPUTS = ("status", "model_info", "gallery", "plot", "answer", "video", "mp4", "state")  # run()'s outputs
+
+
+def _update(**values: Any) -> tuple:
+    """One yield of run(): the given outputs by name, gr.skip() (leave as is) for the others."""
+    unknown = set(values) - set(OUTPUTS)
+    if unknown:
+        raise TypeError(f"unknown outputs {sorted(unknown)}; expected some of {OUTPUTS}")
+    return tuple(values[name] if name in values else gr.skip() for name in OUTPUTS)
+
+
+# -----------------------------------------------------------------------------
+# the UI
+
+
+def _gallery_items(state: dict, show_coarse: bool, out_dir: Path) -> list[tuple[str, str]]:
+    """(png path, caption) per frame, rendered from a finished run's arrays."""
+    items = []
+    coarse = state["coarse"] if show_coarse else None
+    for t, (frame, ts) in enumerate(zip(state["frames"], state["timestamps"])):
+        attn = None if state["attention"] is None else state["attention"][t]
+        img = render.frame_view(frame, attn, float(ts), None if coarse is None else coarse[t])
+        entropy = None if state["entropy"] is None else float(state["entropy"][t])
+        path = render.save_png(img, out_dir / f"frame_{t:03d}.png")
+        items.append((str(path), render.caption(float(ts), entropy)))
+    return items
+
+
+def build_demo(settings: Settings | None = None) -> gr.Blocks:
+    """The Blocks app. Nothing heavy happens here: the model loads on the first request."""
+    settings = settings or Settings()
+    cache = ModelCache(settings.device)
+    dirs = RunDirs(settings.workdir, settings.keep_runs)
+
+    def run(clip: str | None, question: str, mode: str, model_dir: str, show_coarse: bool,
+            temperature: float, seed: float | None, max_new_tokens: float) -> Iterator[tuple]:
+        """Outputs: status, model info, gallery, entropy plot, answer, overlay video, MP4 file, state."""
+        from fvlm.generation import DoneEvent, FrameEvent, TextEvent
+        from fvlm.heatmap import save_heatmaps
+
+        try:
+            if not clip:
+                raise UploadError("Upload a video or image, or click one of the examples.")
+            if not question or not question.strip():
+                raise UploadError("Type a question about the clip.")
+            validate_upload(clip, settings.max_upload_mb, settings.max_duration_s)
+            directory = resolve_model_dir(model_dir, settings)
+            first = directory not in cache
+            loading = "loading the model (the first request takes a few seconds)" if first else "starting"
+            yield _update(status=f"Working: {loading}…", model_info=model_markdown(directory), gallery=[],
+                          plot=render.entropy_plot([]), answer="", video=None, mp4=None, state=None)
+            model = cache.get(directory)
+            out_dir = dirs.new()
+            items: list[tuple[str, str]] = []
+            entropies: list[float] = []
+            stamps: list[float] = []
+            t0 = last = time.perf_counter()
+            last_text = 0.0
+            yield _update(status=f"Working: reading frames ({mode})…")
+            output = None
+            for event in model.stream(clip, question, mode=mode, max_new_tokens=int(max_new_tokens),
+                                      temperature=float(temperature), top_p=1.0,
+                                      seed=None if seed is None else int(seed)):
+                if isinstance(event, FrameEvent):
+                    coarse = event.coarse_attention if show_coarse else None
+                    img = render.frame_view(event.frame, event.attention, event.timestamp, coarse)
+                    path = render.save_png(img, out_dir / f"frame_{event.index:03d}.png")
+                    items.append((str(path), render.caption(event.timestamp, event.entropy)))
+                    if event.entropy is not None:
+                        entropies.append(event.entropy)
+                        stamps.append(event.timestamp)
+                    wait = settings.frame_interval_s - (time.perf_counter() - last)
+                    if wait > 0:
+                        time.sleep(wait)  # pace the live view; the model keeps working meanwhile
+                    last = time.perf_counter()
+                    yield _update(status=f"Working: frame {event.index + 1} read (t={event.timestamp:.1f}s)…",
+                                  gallery=list(items), plot=render.entropy_plot(entropies, stamps))
+                elif isinstance(event, TextEvent) and time.perf_counter() - last_text >= TEXT_INTERVAL_S:
+                    last_text = time.perf_counter()
+                    yield _update(status="Working: writing the answer…", answer=event.text)
+                elif isinstance(event, DoneEvent):
+                    output = event.output
+            if output is None:
+                raise RuntimeError("model.stream ended without a DoneEvent")
+            seconds = time.perf_counter() - t0
+            state = {"frames": output.frames, "attention": output.attention,
+                     "coarse": output.coarse_attention, "timestamps": output.timestamps,
+                     "entropy": output.entropy}
+            notes = [f"**Done:** {len(output.frames)} frames, {mode}, {seconds:.1f} s."]
+            mp4 = None
+            if output.attention is not None:
+                files = save_heatmaps(output.frames, output.attention, out_dir / "heatmaps",
+                                      timestamps=output.timestamps, fps=settings.mp4_fps)
+                mp4 = out_dir / f"{Path(clip).stem}-{mode}-overlay.mp4"
+                os.replace(files.mp4, mp4)
+                if files.note:
+                    notes.append(f"Overlay MP4: {files.note}.")
+            else:
+                notes.append("This model has no query, so there are no attention maps.")
+            if not output.text:
+                notes.append("The model's answer is empty (it ended at once or wrote only whitespace).")
+            mp4_path = None if mp4 is None else str(mp4)
+            yield _update(status=" ".join(notes), gallery=list(items), answer=output.text,
+                          plot=render.entropy_plot(entropies, stamps), video=mp4_path, mp4=mp4_path,
+                          state=state)
+        except (FVLMError, UploadError) as e:  # bad input: the message says what to do
+            yield _update(status=f"**Error:** {e}")
+            raise gr.Error(str(e), duration=None, print_exception=False) from e
+        except Exception as e:  # a bug: say so here too; gradio logs the traceback and keeps serving
+            yield _update(status=f"**Internal error:** {type(e).__name__}: {e}")
+            raise
+
+    def rerender(state: dict | None, show_coarse: bool):
+        """Redraw the gallery of the last run with or without the coarse maps (no model call)."""
+        if not state:
+            return gr.skip()
+        return _gallery_items(state, show_coarse, dirs.new())
+
+    default_dir = settings.model_dir or DEFAULT_MODEL_DIR
+    with gr.Blocks(title="fvlm: where does the model look?", delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(
+            "# fvlm: watch the model decide where to look\n"
+            "Each frame becomes **one** visual token, made by a query that looks into the frame. "
+            "In autoregressive mode the LLM writes the next frame's query, so each heatmap shows "
+            "where the model chose to look (red = most attention)."
+        )
+        model_info = gr.Markdown(model_markdown(default_dir), elem_id="model-info")
+        with gr.Row():
+            with gr.Column(scale=2):
+                clip = gr.File(label="Video or image", file_types=["video", "image"], height=140,
+                               elem_id="clip")
+                question = gr.Textbox(label="Question", placeholder="What color is the triangle?",
+                                      elem_id="question", render=False)
+                mode = gr.Radio(list(MODES), value="autoregressive", label="Mode", info=MODE_HELP,
+                                elem_id="mode", render=False)
+                examples = gr.Examples(
+                    [[str(EXAMPLES_DIR / f), q, m] for f, q, m in EXAMPLES],
+                    inputs=[clip, question, mode],
+                    label="Examples: click one to run it",
+                    example_labels=[f"{Path(f).stem}: {q}" + ("" if m == "autoregressive" else f" ({m})")
+                                    for f, q, m in EXAMPLES],
+                    elem_id="examples",
+                )
+                question.render()
+                mode.render()
+                show_coarse = gr.Checkbox(True, label="Show the coarse (static-query) map beside the fine "
+                                          "map (coarse_fine mode)", elem_id="show-coarse")
+                model_dir = gr.Textbox(label="Model directory", value=str(settings.model_dir or ""),
+                                       placeholder="empty: the model shipped with fvlm", elem_id="model-dir")
+                with gr.Accordion("Sampling", open=False):
+                    temperature = gr.Slider(0.0, 2.0, value=settings.temperature, step=0.05,
+                                            label="Temperature (0 = greedy)", elem_id="temperature")
+                    seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
+                    max_new = gr.Slider(1, 256, value=settings.max_new_tokens, step=1,
+                                        label="Max new tokens", elem_id="max-new-tokens")
+                ask = gr.Button("Ask", variant="primary", elem_id="ask")
+            with gr.Column(scale=3):
+                status = gr.Markdown("Click an example, or upload a clip and ask a question.",
+                                     elem_id="status")
+                gallery = gr.Gallery(label="Where the model looked: one overlay per sampled frame",
+                                     columns=4, object_fit="contain", height="auto", elem_id="gallery")
+                with gr.Row():
+                    plot = gr.Image(label="Attention entropy per frame", show_label=False, format="png",
+                                    interactive=False, elem_id="entropy")
+                    answer = gr.Textbox(label="Answer", lines=4, interactive=False, elem_id="answer")
+                with gr.Row():
+                    video = gr.Video(label="Overlay video", interactive=False, height=300,
+                                     elem_id="overlay-video")
+                    mp4 = gr.File(label="Download the overlay MP4", interactive=False, elem_id="overlay-file")
+        state = gr.State(None)
+
+        inputs = [clip, question, mode, model_dir, show_coarse, temperature, seed, max_new]
+        outputs = [status, model_info, gallery, plot, answer, video, mp4, state]
+        common = {"fn": run, "inputs": inputs, "outputs": outputs, "concurrency_id": "model"}
+        ask.click(api_name="run", **common)
+        question.submit(api_visibility="private", **common)
+        examples.load_input_event.then(api_visibility="private", **common)
+        show_coarse.change(rerender, [state, show_coarse], gallery, api_visibility="private")
+    demo.run_dirs = dirs  # so launchers can delete the outputs on shutdown
+    return demo
+
+
+def launch(demo: gr.Blocks, settings: Settings, host: str = "127.0.0.1", port: int = 7860,
+           share: bool = False, prevent_thread_lock: bool = False, quiet: bool = False) -> gr.Blocks:
+    """Queue (one request at a time, others wait) and serve the app."""
+    demo.queue(default_concurrency_limit=1, max_size=settings.max_queue)
+    demo.launch(
+        server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
+        max_file_size=int(settings.max_upload_mb * 2**20),
+        allowed_paths=[str(EXAMPLES_DIR)],  # the shipped clips may live outside the cwd
+        show_error=True, quiet=quiet,
+    )
+    return demo
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m demo", description="The fvlm demo: watch foveation happen.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true",
+                   help="also open a public gradio.live link (off by default)")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="a saved fvlm model directory (default: the shipped one)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted (default 50)")
+    p.add_argument("--max-duration-s", type=float, default=300.0, help="longest video accepted (default 300)")
+    p.add_argument("--frame-interval-s", type=float, default=0.25,
+                   help="min seconds between live frame updates, so a fast model stays watchable (0: off)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.model is not None and not Path(args.model).is_dir():
+        print(f"demo: --model {args.model}: no such directory", file=sys.stderr)
+        return 2
+    for name in ("max_upload_mb", "max_duration_s"):
+        if not getattr(args, name) > 0:
+            print(f"demo: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
+            return 2
+    settings = Settings(
+        model_dir=None if args.model is None else Path(args.model), device=args.device,
+        max_upload_mb=args.max_upload_mb, max_duration_s=args.max_duration_s,
+        frame_interval_s=max(0.0, args.frame_interval_s),
+    )
+    demo = build_demo(settings)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:  # `kill` cleans up like Ctrl-C does
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        launch(demo, settings, host=args.host, port=args.port, share=args.share)  # blocks until Ctrl-C
+    except OSError as e:  # e.g. the port is taken
+        print(f"demo: could not serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        demo.run_dirs.cleanup()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
