@@ -1,0 +1,199 @@
+"""fvlm as an lmms-eval model: `FVLM` (simple request format) and `FVLMChat` (chat format).
+
+    python -m lmms_eval --model fvlm --model_args pretrained=DIR,mode=coarse_fine,max_frames=64 ...
+    evaluator.simple_evaluate(model=FVLM(pretrained=DIR, mode="autoregressive"), tasks=[...], ...)
+
+Model args (`--model_args k=v,...`):
+    pretrained   a saved fvlm directory; default: the model shipped in the package (fvlm.load())
+    mode         coarse_only | coarse_fine (default) | autoregressive
+    max_frames   frame cap of the sampler (default: the checkpoint's config, 64)
+    device       cpu | cuda | cuda:N (default: cuda when available)
+    dtype        float32 (default) | bfloat16 | float16
+    batch_size   requests per forward pass (lmms-eval's --batch_size)
+
+Videos are decoded by fvlm's own sampler (`model.clip`: 1 fps, <= max_frames, spread over the
+whole video), so eval frames match training. A request whose video cannot be used is logged,
+counted in `self.errors` and answered with eval.errors.ERROR_RESPONSE, never a silent "".
+`generate_until` serves both request formats; `loglikelihood` (multiple-choice tasks) scores
+exactly the continuation's tokens (eval.likelihood) in the same mode.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import defaultdict
+
+import torch
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from tqdm import tqdm
+
+import fvlm
+from fvlm.config import MODES
+from fvlm.errors import FVLMError, InputError, VideoError
+from fvlm.generation import TextEvent
+from fvlm.video import Clip
+
+from .errors import ERROR_LOGLIKELIHOOD, ERROR_RESPONSE, ErrorLog
+from .likelihood import answer_sample, score_answers
+from .requests import (
+    DTYPES,
+    ClipCache,
+    Query,
+    batches,
+    chat_query,
+    check_batch_size,
+    cut_at,
+    describe,
+    pick_device,
+    simple_query,
+    single_video,
+)
+from .stats import RunStats, Stopwatch
+
+
+class FVLM(lmms):
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        mode: str = "coarse_fine",
+        max_frames: int | None = None,
+        device: str | None = None,
+        dtype: str = "float32",
+        batch_size: int | str = 1,
+        max_batch_size: int | None = None,  # passed by lmms-eval; only fixed batch sizes are used
+        model=None,  # Python use: an already loaded fvlm model (then pretrained must be None)
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise InputError(f"mode={mode!r}: use one of {', '.join(MODES)}")
+        if dtype not in DTYPES:
+            raise InputError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+        if model is not None and pretrained is not None:
+            raise InputError("pass either pretrained= (a directory) or model= (a loaded model), not both")
+        self.batch_size = check_batch_size(batch_size)
+        model = model if model is not None else fvlm.load(pretrained)
+        self.model = model.to(pick_device(device), DTYPES[dtype]).eval()
+        if max_frames is not None:
+            if int(max_frames) < 1:
+                raise InputError(f"max_frames={max_frames!r}: must be >= 1")
+            self.model.config.max_frames = int(max_frames)
+        self.mode = mode
+        self.name = f"fvlm[{mode}]"
+        self.errors = ErrorLog(self.name)
+        self.stats = RunStats()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def visual_tokens_per_frame(self) -> int:
+        return self.model.visual_tokens_per_frame
+
+    def clean(self) -> None:
+        """Free cached memory but keep the model: lmms-eval's default deletes it after every
+        evaluation, while eval.compare evaluates one loaded model in several modes."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _query(self, request: Instance) -> Query:
+        return simple_query(request, self.task_dict)
+
+    # ---- generation ---------------------------------------------------------------------------
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        before = len(self.errors.errors)
+        queries = [self._query(r) for r in requests]
+        answers = [ERROR_RESPONSE] * len(queries)
+        groups: dict[tuple, list[int]] = defaultdict(list)  # one generate() call per settings
+        for i, q in enumerate(queries):
+            groups[q.max_new_tokens, q.temperature, q.top_p].append(i)
+        with tqdm(total=len(queries), desc=f"{self.name} generate", disable=self.rank != 0) as bar:
+            for idx in groups.values():
+                for chunk in batches(idx, self.batch_size):
+                    for i, text in zip(chunk, self._generate([queries[i] for i in chunk])):
+                        answers[i] = text
+                    bar.update(len(chunk))
+        self.errors.log_summary("generate_until", len(queries), before)
+        return answers
+
+    def _decode(self, q: Query) -> Clip | None:
+        """The query's video as fvlm's sampler reads it, or None (error recorded)."""
+        try:
+            return self.model.clip(single_video(q.visuals))
+        except (VideoError, InputError) as e:
+            self.errors.add(q.task, q.doc_id, describe(q.visuals), e)
+            return None
+
+    def _generate(self, queries: list[Query]) -> list[str]:
+        """One batch with the same generation settings; failed samples get ERROR_RESPONSE."""
+        watch = Stopwatch()
+        clips = [self._decode(q) for q in queries]
+        ok = [i for i, c in enumerate(clips) if c is not None]
+        texts, tokens = [ERROR_RESPONSE] * len(queries), []
+        ready = Stopwatch()  # the inputs are decoded: time to first token starts here
+        if ok:
+            q0 = queries[ok[0]]
+            try:
+                outs = self.model.generate(
+                    [clips[i].frames for i in ok], [queries[i].prompt for i in ok], mode=self.mode,
+                    max_new_tokens=q0.max_new_tokens, temperature=q0.temperature, top_p=q0.top_p,
+                    return_attention=False, callback=lambda e: ready.first() if isinstance(e, TextEvent) else None,
+                )
+            except FVLMError as e:
+                if len(ok) > 1:  # one sample spoils the batch (e.g. a prompt too long): one by one
+                    return [text for q in queries for text in self._generate([q])]
+                self.errors.add(q0.task, q0.doc_id, describe(q0.visuals), e)
+            else:
+                for i, out in zip(ok, outs):
+                    texts[i] = cut_at(out.text, queries[i].until)
+                tokens = [len(clips[i].frames) * self.visual_tokens_per_frame for i in ok]
+        self.stats.add([q.task for q in queries], watch.elapsed(), ready.first_at, tokens)
+        return texts
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        raise NotImplementedError("fvlm answers single-turn questions; multi-round tasks are not supported")
+
+    # ---- likelihood ---------------------------------------------------------------------------
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        """(log p(continuation | video, context), greedy?) per request. The continuation is the
+        assistant's reply; only its own tokens are scored (eval.likelihood)."""
+        before = len(self.errors.errors)
+        results = [ERROR_LOGLIKELIHOOD] * len(requests)
+        clip = ClipCache(self.model.clip)
+        chunks = list(batches(list(range(len(requests))), self.batch_size))
+        for chunk in tqdm(chunks, desc=f"{self.name} loglikelihood", disable=self.rank != 0):
+            watch = Stopwatch()
+            samples, where, tokens = [], [], []
+            for i in chunk:
+                context, continuation, doc_to_visual, doc_id, task, split = requests[i].args
+                doc = self.task_dict[task][split][doc_id]
+                visuals = list(doc_to_visual(doc) or [])
+                try:
+                    frames = clip(single_video(visuals))
+                    answer = continuation(doc) if callable(continuation) else continuation
+                    samples.append(answer_sample(self.model, frames, context, str(answer)))
+                except (VideoError, InputError) as e:
+                    self.errors.add(task, doc_id, describe(visuals), e)
+                    continue
+                where.append(i)
+                tokens.append(len(frames.frames) * self.visual_tokens_per_frame)
+            if samples:
+                for i, s in zip(where, score_answers(self.model, samples, self.mode)):
+                    results[i] = (s.logprob, s.is_greedy)
+            self.stats.add([requests[i].args[4] for i in chunk], watch.elapsed(), None, tokens)
+        self.errors.log_summary("loglikelihood", len(requests), before)
+        return results
+
+
+class FVLMChat(FVLM):
+    """The chat request format (doc_to_messages); generation tasks only, as in lmms-eval. The
+    prompt is the user turns' text; fvlm adds its own system prompt, as in training."""
+
+    is_simple = False
+
+    def _query(self, request: Instance) -> Query:
+        return chat_query(request, self.task_dict)

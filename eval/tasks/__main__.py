@@ -1,0 +1,3 @@
+from eval.tasks import TASKS_DIR
+
+print(TASKS_DIR)
