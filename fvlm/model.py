@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import fast
 from .batch import Batch
 from .config import FVLMConfig
 from .encoder import FoveatedEncoder, PatchCache
@@ -46,6 +47,14 @@ class FoveatedVLM(VLMBase):
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """Visual token z [.., D] -> LLM embedding [.., d_llm]."""
         return self.dino_to_llm(z) * self.config.visual_scale
+
+    def decoder(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
+                cache=None) -> torch.Tensor:
+        """VLMBase.decoder; a fast-path cache (fast.FastCache) decodes in its static slots, which
+        track the positions themselves (only the last columns of `mask` are read)."""
+        if isinstance(cache, fast.FastCache):
+            return cache.forward(embeds, mask[:, -embeds.shape[1] :])
+        return super().decoder(embeds, mask, position_ids, cache)
 
     def encode_frames(self, batch: Batch) -> PatchCache:
         """DINO patch pass over the real frames only (row-major over [B, T])."""
@@ -207,6 +216,8 @@ class FoveatedVLM(VLMBase):
     # ---- generation ---------------------------------------------------------------------------
     def _prefill(self, batch: Batch, mode: str, return_attention: bool,
                  on_step: Callable | None = None) -> Prefill:
+        if mode == "autoregressive" and fast.enabled(self, batch):  # static KV cache + CUDA graphs
+            return fast.prefill(self, batch, mode, return_attention, on_step)
         cache = self.encode_frames(batch)
         fm = batch.frame_mask
         if mode == "autoregressive":

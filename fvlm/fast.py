@@ -1,0 +1,547 @@
+"""Fast inference for FoveatedVLM: a static LLM KV cache, CUDA graphs, and the autoregressive frame step.
+
+Why. In autoregressive mode every frame costs one deep query (12 small DINO layers over that frame's
+cached K/V) plus one LLM token: a few hundred tiny kernels. Eager, through transformers with a
+DynamicCache, that took 29 ms per frame on an H100 (launch and Python overhead, not arithmetic), so
+a 64-frame video cost ~1.9 s before the question was read. Here the step has fixed shapes and no
+host-side decisions, so it is captured once in a CUDA graph and replayed per frame (optionally
+after torch.compile has fused its elementwise work). Decoding reuses the same cache and graphs.
+
+Design.
+- `Slots`: the LLM KV cache preallocated as k, v [layers, B, kv_heads, C, head_dim] plus
+  valid [B, C] (the slot holds a real token), col [] (next free slot), count [B] (real tokens so
+  far = the next position id) and last [B, d] (hidden state of the slot before the next frame).
+  All are device tensors updated in place, so a replayed graph advances them by itself. Slot j of
+  row b holds sequence column j as in the DynamicCache path (pads included, masked), except that
+  text blocks are left-padded to a power of two (`bucket`) so that a few graphs serve every prompt.
+- `llm_forward`: a Llama-family decoder over l new tokens against those slots, calling the HF
+  modules' weights and sub-modules (norm weights, projections, rotary embedding, MLP): transformers'
+  arithmetic without its mask building, cache objects or data-dependent control flow. Why not
+  transformers' StaticCache: its API differs between the versions we support (5.17-5.2x), its
+  mask construction is not written for capture, and its step launches ~1,500 kernels; this one
+  ~700 for a whole frame step at full size (RMSNorm as torch's fused op; the rotary embedding as one
+  small matmul with a per-position rotation matrix; o_proj and down_proj add their residual inside
+  the GEMM). Attention: SDPA over all C slots with an additive mask built once per call (valid and
+  causal; a token always sees its own slot, so a row of pads cannot make NaNs); grouped-query heads
+  are folded into the query rows instead of repeating K/V.
+- `frame_step`: query = llm_to_query(last) (q_init where no real slot precedes the frame) ->
+  deep query over the frame's K/V -> dino_to_llm * visual_scale -> one LLM token -> last.
+  Under a graph its inputs are static buffers: each row's frame K/V (every layer) is copied in by
+  one multi-tensor copy before the replay. Patches are encoded in batched passes (all frames in
+  coarse modes; chunks of FRAME_CHUNK frames in autoregressive mode, each just before its frames,
+  so only one chunk's K/V is held and the host queues the next chunk while the device replays),
+  never recomputed and never duplicated.
+- `Runner` (per model and mode, rebuilt when the weights move): up to MAX_STATES `State`s (slots +
+  the graphs captured against them), reused across calls; a state stays reserved while the
+  FastCache of a Prefill that uses it is alive, so concurrent prefills never share one. Graphs:
+  per state, one per text bucket, one for the frame step (per N, D, with/without attention maps).
+  Batches of any size and padding are supported (a padded frame slot is a masked zero token).
+
+Modes (`set_mode(model, m)`, or the environment variable FVLM_FAST; the default is "off": the
+static path is checked against the reference on CPU, but graph replay has not yet run on a GPU, so
+it stays opt-in until benchmarks/gpu_suite.sh has passed on one):
+- "off":     the transformers DynamicCache path of FoveatedVLM._autoregressive (the reference);
+- "eager":   static slots, no graphs (any device; what the CPU equivalence tests run);
+- "graph":   static slots + CUDA graphs (on CPU the same as "eager");
+- "compile": "graph", with the frame step and the one-token step compiled by torch.compile first
+             (the first call compiles for a minute or so).
+The fast path is skipped (DynamicCache path instead) when `unsupported()` names a reason: an LLM
+that is not llama-family, dynamic RoPE, the shallow query (ablation A1), training mode (dropout),
+autocast, or a batch without a real frame. Text blocks longer than MAX_GRAPH_TOKENS run without a
+graph; if a capture fails, a warning says so and the runner continues without graphs.
+
+Dispatch: FoveatedVLM._prefill(mode="autoregressive") calls `prefill` when `enabled()`, and
+FoveatedVLM.decoder(cache=FastCache) decodes from the static slots (any mode's FastCache).
+`prefill` also serves coarse_only / coarse_fine (their LLM passes through the same graphed
+forward, the query passes eager); FoveatedVLM._prefill does not route those modes here yet
+(benchmarks.e2e calls `prefill` directly for them).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .attention import query_attention
+from .batch import Batch
+from .config import MODES as VLM_MODES
+from .encoder import FoveatedEncoder, PatchCache, attention_parts
+from .errors import ConfigError
+from .vlm import Prefill
+
+MODES = ("off", "eager", "graph", "compile")
+SUPPORTED_LLMS = ("llama",)  # model_type of the LLM (SmolLM2 is llama)
+MAX_GRAPH_TOKENS = 1024  # longer text blocks run eagerly (their kernels are large anyway)
+DECODE_ROOM = 256  # slots reserved after the prompt; the slots grow (and graphs are recaptured) beyond
+SLOT_MULTIPLE = 256  # capacities are rounded up to this, so one set of graphs serves many lengths
+MAX_STATES = 4  # states (slots + graphs) kept per runner; the oldest idle one goes first
+FRAME_CHUNK = 16  # autoregressive mode: frames per patch pass (bounds the K/V cache held at once)
+WARMUP = 2  # runs before a capture: cuBLAS handles, Triton autotuning, torch.compile
+
+_MODE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> mode set by set_mode
+
+
+# ---- mode and support ---------------------------------------------------------------------------
+def set_mode(model: torch.nn.Module, mode: str | None) -> None:
+    """Choose `model`'s inference path (see the module docstring); None restores the default."""
+    if mode is None:
+        _MODE.pop(model, None)
+        return
+    _MODE[model] = _check_mode(mode, "set_mode")
+
+
+def mode_of(model: torch.nn.Module) -> str:
+    if model in _MODE:
+        return _MODE[model]
+    env = os.environ.get("FVLM_FAST")
+    if env:
+        return _check_mode(env, "FVLM_FAST")
+    return "off"  # opt-in until benchmarks/gpu_suite.sh has validated graph replay on a GPU
+
+
+def _check_mode(mode: str, where: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"{where}: unknown fast-path mode {mode!r}; use one of {MODES}")
+    return mode
+
+
+def unsupported(model: torch.nn.Module) -> str | None:
+    """Why `model` cannot take the fast path right now, or None if it can."""
+    cfg = model.llm.config
+    if cfg.model_type not in SUPPORTED_LLMS:
+        return f"LLM type {cfg.model_type!r} (supported: {SUPPORTED_LLMS})"
+    rope = getattr(model.llm.get_decoder().rotary_emb, "rope_type", "default")
+    if "dynamic" in rope:
+        return f"dynamic RoPE ({rope!r})"
+    if not model.config.deep_query:
+        return "shallow query (ablation A1)"
+    if model.training:
+        return "training mode (dropout)"
+    if torch.is_autocast_enabled(next(model.parameters()).device.type):
+        return "autocast is on"
+    return None
+
+
+def enabled(model: torch.nn.Module, batch: Batch) -> bool:
+    """Whether `prefill` should serve this batch (the mode is not "off" and nothing is unsupported)."""
+    return mode_of(model) != "off" and unsupported(model) is None and bool(batch.frame_mask.any())
+
+
+def bucket(n: int) -> int:
+    """Slots a text block of n tokens takes: 1 stays 1 (frames, decoding), else a power of two >= 8."""
+    return 1 if n == 1 else max(8, 1 << (n - 1).bit_length())
+
+
+# ---- the computation (pure functions of the model and the slots: eager, compiled or captured) ----
+class Slots(NamedTuple):
+    k: torch.Tensor  # [layers, B, kv_heads, C, head_dim]
+    v: torch.Tensor  # [layers, B, kv_heads, C, head_dim]
+    valid: torch.Tensor  # [B, C] bool: the slot holds a real token
+    col: torch.Tensor  # [] long: next free slot
+    count: torch.Tensor  # [B] long: real tokens so far (= next position id)
+    last: torch.Tensor  # [B, d] hidden state of the slot before the next frame
+
+
+@torch.inference_mode(False)  # normal tensors: usable in and out of inference mode
+def new_slots(model: torch.nn.Module, B: int, C: int) -> Slots:
+    cfg = model.llm.config
+    dec = model.llm.get_decoder()
+    p = next(model.parameters())
+    kv = (len(dec.layers), B, cfg.num_key_value_heads, C, dec.layers[0].self_attn.head_dim)
+    zeros = functools.partial(torch.zeros, device=p.device)
+    return Slots(  # zeros, not empty: a masked slot must never hold NaN (0 * NaN = NaN in p @ V)
+        zeros(kv, dtype=p.dtype), zeros(kv, dtype=p.dtype), zeros((B, C), dtype=torch.bool),
+        zeros((), dtype=torch.long), zeros(B, dtype=torch.long), zeros((B, cfg.hidden_size), dtype=p.dtype),
+    )
+
+
+def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An HF RMSNorm module (weight, variance_epsilon) as one fused op; same value in fp32,
+    within one rounding of transformers' fp32-upcast version in bf16."""
+    return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
+
+
+def _rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' rotary embedding x * cos + rotate_half(x) * sin as one matrix per position:
+    x [.., hd] @ R [hd, hd], R = diag(cos) + (rotate_half as a matrix) * sin. cos, sin [B, l, hd]
+    -> R [B, l, hd, hd] (one small batched matmul per q or k instead of five elementwise kernels)."""
+    hd = cos.shape[-1]
+    eye = torch.eye(hd, dtype=cos.dtype, device=cos.device)
+    half = eye.roll(hd // 2, dims=0)  # x @ half = cat(x2, x1)
+    sign = torch.cat([-eye.new_ones(hd // 2), eye.new_ones(hd // 2)])  # rotate_half = cat(-x2, x1)
+    return torch.diag_embed(cos) + half * (sign * sin)[..., None, :]
+
+
+def _add_linear(h: torch.Tensor, linear: torch.nn.Linear, y: torch.Tensor) -> torch.Tensor:
+    """h + linear(y) as one GEMM (addmm) when the layer has no bias. h [.., d_out], y [.., d_in]."""
+    if linear.bias is not None:
+        return h + linear(y)
+    return torch.addmm(h.reshape(-1, h.shape[-1]), y.reshape(-1, y.shape[-1]), linear.weight.t()).view(h.shape)
+
+
+def llm_forward(model: torch.nn.Module, s: Slots, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """l new tokens x [B, l, d] (real [B, l] bool) into slots col..col+l-1 -> final hidden [B, l, d]."""
+    dec = model.llm.get_decoder()
+    cfg = model.llm.config
+    B, l, _ = x.shape
+    C = s.valid.shape[1]
+    H, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, dec.layers[0].self_attn.head_dim
+    G = H // Hkv  # query heads per kv head: head h = kv * G + g becomes row g * l + i of kv head kv
+    slot = s.col + torch.arange(l, device=x.device)  # [l]
+    pos = (s.count[:, None] + real.long().cumsum(1) - 1).clamp(min=0)  # [B, l] as sequence.positions
+    s.valid.index_copy_(1, slot, real)
+    ar = torch.arange(C, device=x.device)
+    see = (s.valid[:, None, :] & (ar <= slot[:, None])) | (ar == slot[:, None])  # [B, l, C] (own slot always)
+    bias = torch.where(see, 0.0, float("-inf")).to(x.dtype)[:, None].repeat(1, 1, G, 1)  # [B, 1, G*l, C]
+    rot = _rotation(*dec.rotary_emb(x, pos))  # [B, l, hd, hd]
+    h = x
+    for i, layer in enumerate(dec.layers[: cfg.num_hidden_layers]):
+        att, mlp = layer.self_attn, layer.mlp
+        y = _rms_norm(layer.input_layernorm, h)
+        q = (att.q_proj(y).view(B, l, H, hd) @ rot).transpose(1, 2)  # [B, H, l, hd]
+        s.k[i].index_copy_(2, slot, (att.k_proj(y).view(B, l, Hkv, hd) @ rot).transpose(1, 2))
+        s.v[i].index_copy_(2, slot, att.v_proj(y).view(B, l, Hkv, hd).transpose(1, 2))
+        o = F.scaled_dot_product_attention(q.reshape(B, Hkv, G * l, hd), s.k[i], s.v[i], attn_mask=bias,
+                                           scale=att.scaling)  # [B, Hkv, G*l, hd]
+        h = _add_linear(h, att.o_proj, o.view(B, H, l, hd).transpose(1, 2).reshape(B, l, H * hd))
+        y = _rms_norm(layer.post_attention_layernorm, h)
+        h = _add_linear(h, mlp.down_proj, mlp.act_fn(mlp.gate_proj(y)) * mlp.up_proj(y))
+    s.col.add_(l)
+    s.count.add_(real.sum(1))
+    return _rms_norm(dec.norm, h)
+
+
+def deep_query(
+    enc: FoveatedEncoder, query: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]],
+    with_probs: bool, backend: str | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """FoveatedEncoder.query_attend (deep query, inference: no drop-path) with a chosen attention
+    backend ("torch" under torch.compile). query [F, qd], kv per layer [F, N, D] -> z [F, D],
+    probs [F, L, H, N]."""
+    x = enc.query_input_proj(query)  # [F, D]
+    F_, D = x.shape
+    probs = []
+    for layer, (k, v) in zip(enc.layers, kv):
+        q_proj, _, _, o_proj = attention_parts(layer)
+        q = q_proj(layer.norm1(x)).view(F_, enc.num_heads, enc.head_dim)  # [F, H, d]
+        res = query_attention(q, k, v, return_probs=with_probs, backend=backend)
+        x = x + layer.layer_scale1(o_proj(res.out.reshape(F_, D)))
+        x = x + layer.layer_scale2(layer.mlp(layer.norm2(x)))
+        probs.append(res.probs)
+    z = enc.output_proj(enc.dino.layernorm(x))  # [F, D]
+    return z, (torch.stack(probs, dim=1) if with_probs else None)
+
+
+def frame_step(
+    model: torch.nn.Module, s: Slots, kv: list[tuple[torch.Tensor, torch.Tensor]], flags: torch.Tensor,
+    with_probs: bool, backend: str | None,
+) -> torch.Tensor | None:
+    """One frame for every row. kv: per DINO layer (k, v) [B, N, D] of each row's frame; flags [2, B]
+    bool: (the frame is real, a real slot precedes it). Appends one token; returns probs [B, L, H, N]."""
+    real, has_prev = flags[0], flags[1]
+    B = real.shape[0]
+    q = torch.where(has_prev[:, None], model.llm_to_query(s.last), model.q_init.expand(B, -1))  # [B, qd]
+    z, probs = deep_query(model.encoder, q, kv, with_probs, backend)
+    token = model.project(z) * real[:, None]  # [B, d]; pads are zeros, as in the eager path
+    s.last.copy_(llm_forward(model, s, token[:, None], real[:, None])[:, 0])
+    return probs
+
+
+# ---- graphs, states, the runner -----------------------------------------------------------------
+class Graph:
+    """fn() captured once in a CUDA graph; replay() reruns it on whatever its static inputs hold now.
+
+    statics: the tensors fn reads, which the caller refills before each replay."""
+
+    def __init__(self, fn: Callable[[], object], statics: dict[str, object], s: Slots | None):
+        self.statics = statics
+        saved = [t.clone() for t in s[2:]] if s else []  # warm-ups advance the slots: put them back after
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP):
+                fn()
+                for t, u in zip(s[2:] if s else (), saved):
+                    t.copy_(u)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # recorded, not run
+            self.out = fn()
+
+    def replay(self):
+        self.graph.replay()
+        return self.out
+
+
+class State:
+    """Slots of one batch shape plus the graphs captured against them."""
+
+    def __init__(self, model: torch.nn.Module, B: int, C: int):
+        self.slots = new_slots(model, B, C)
+        self.used = 0  # host mirror of slots.col
+        self.graphs: dict[tuple, Graph] = {}
+        self.owner: Callable[[], object] = lambda: None  # weakref to the FastCache holding it
+
+    @property
+    def batch_size(self) -> int:
+        return self.slots.valid.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.slots.valid.shape[1]
+
+    def reset(self) -> None:
+        for t in self.slots[2:]:
+            t.zero_()
+        self.used = 0
+
+    def grow(self, model: torch.nn.Module, C: int) -> None:
+        """More slots (keeping the filled ones); the graphs are recaptured on next use."""
+        new = new_slots(model, self.batch_size, C)
+        old = self.capacity
+        new.k[:, :, :, :old].copy_(self.slots.k)
+        new.v[:, :, :, :old].copy_(self.slots.v)
+        new.valid[:, :old].copy_(self.slots.valid)
+        self.slots = new._replace(col=self.slots.col, count=self.slots.count, last=self.slots.last)
+        self.graphs.clear()
+
+
+class FastCache:
+    """Prefill.cache of the fast path: decoding continues in the static slots (FoveatedVLM.decoder)."""
+
+    def __init__(self, runner: Runner, state: State):
+        self.runner, self.state = runner, state
+        state.owner = weakref.ref(self)
+
+    def forward(self, embeds: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """embeds [B, l, d] (real [B, l] bool) appended -> final hidden states [B, l, d]."""
+        return self.runner.text(self.state, embeds, real.bool())
+
+    def get_seq_length(self) -> int:
+        return self.state.used
+
+
+class Runner:
+    """A model's fast path: its states, graphs and (mode "compile") compiled step functions."""
+
+    def __init__(self, model: torch.nn.Module, mode: str, fingerprint: tuple):
+        self.model, self.mode, self.fingerprint = model, mode, fingerprint
+        cuda = next(model.parameters()).device.type == "cuda"
+        self.use_graphs = cuda and mode in ("graph", "compile")
+        self.backend = "torch" if mode == "compile" else None  # torch.compile traces the torch reference
+        self.states: list[State] = []
+        self._frame: Callable = functools.partial(frame_step, model)
+        self._one: Callable = functools.partial(llm_forward, model)  # one token (frames, decoding)
+        self._many: Callable = functools.partial(llm_forward, model)  # text blocks: never compiled
+        if mode == "compile":
+            self._frame = torch.compile(self._frame, fullgraph=True, dynamic=False)
+            self._one = torch.compile(self._one, fullgraph=True, dynamic=False)
+
+    def acquire(self, B: int, C: int) -> FastCache:
+        """A free state with >= C slots for batch size B (reset), reserved by the returned FastCache."""
+        for st in self.states:
+            if st.batch_size == B and st.capacity >= C and st.owner() is None:
+                st.reset()
+                return FastCache(self, st)
+        idle = [st for st in self.states if st.owner() is None]
+        if len(self.states) >= MAX_STATES and idle:  # bound the memory: drop the oldest idle state
+            self.states.remove(idle[0])
+        st = State(self.model, B, -(-C // SLOT_MULTIPLE) * SLOT_MULTIPLE)
+        self.states.append(st)
+        return FastCache(self, st)
+
+    def _graph(self, st: State, key: tuple, build: Callable[[], tuple[Callable, dict]]) -> Graph | None:
+        """The graph `key` of state st, captured on first use (None if graphs are off or failed).
+        build() -> (fn, statics): fn() reads the static tensors in statics."""
+        if not self.use_graphs:
+            return None
+        if key not in st.graphs:
+            with torch.inference_mode(False):  # static inputs usable in and out of inference mode
+                fn, statics = build()
+            try:
+                st.graphs[key] = Graph(fn, statics, st.slots)
+            except RuntimeError as e:  # e.g. an op that cannot be captured: keep going, without graphs
+                warnings.warn(f"fvlm.fast: CUDA graph capture failed, running without graphs: {e}", stacklevel=2)
+                self.use_graphs = False
+                return None
+        return st.graphs[key]
+
+    def text(self, st: State, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Append a text block x [B, l, d] (real [B, l]) -> final hidden states [B, l, d]."""
+        B, l, d = x.shape
+        lb = bucket(l)
+        if lb > l:  # left-pad to the bucket: pads are masked and take no position
+            x = torch.cat([x.new_zeros(B, lb - l, d), x], dim=1)
+            real = torch.cat([real.new_zeros(B, lb - l), real], dim=1)
+        if st.used + lb > st.capacity:
+            st.grow(self.model, -(-(st.used + lb + DECODE_ROOM) // SLOT_MULTIPLE) * SLOT_MULTIPLE)
+        fn = self._one if lb == 1 else self._many  # only the one-token step is worth compiling
+
+        def build() -> tuple[Callable, dict]:
+            statics = {"x": torch.zeros_like(x), "real": torch.zeros_like(real)}
+            return (lambda: fn(st.slots, statics["x"], statics["real"])), statics
+
+        g = self._graph(st, ("text", lb), build) if lb <= MAX_GRAPH_TOKENS else None
+        if g is None:
+            h = fn(st.slots, x, real)
+        else:
+            g.statics["x"].copy_(x)
+            g.statics["real"].copy_(real)
+            h = g.replay().clone()
+        st.used += lb
+        return h[:, lb - l :]
+
+    def frame(self, st: State, cache: PatchCache, rows: list[int], flags: torch.Tensor,
+              with_probs: bool) -> torch.Tensor | None:
+        """One frame step: row b reads cache row rows[b]; flags [2, B] (see frame_step)."""
+        if st.used + 1 > st.capacity:
+            st.grow(self.model, st.capacity + SLOT_MULTIPLE)
+        k0 = cache.kv[0][0]  # [F, N, D]
+        step = functools.partial(self._frame, with_probs=with_probs, backend=self.backend)
+
+        def build() -> tuple[Callable, dict]:
+            L, B = len(cache.kv), st.batch_size
+            statics = {"kv": torch.zeros((L, 2, B, *k0.shape[1:]), dtype=k0.dtype, device=k0.device),
+                       "flags": torch.zeros_like(flags)}
+            kv = [(statics["kv"][i, 0], statics["kv"][i, 1]) for i in range(L)]
+            return (lambda: step(st.slots, kv, statics["flags"])), statics
+
+        g = self._graph(st, ("frame", *k0.shape[1:], with_probs), build)
+        if g is None:
+            idx = torch.tensor(rows, device=flags.device)
+            probs = step(st.slots, [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in cache.kv], flags)
+        else:
+            self._copy_frames(g.statics["kv"], cache, rows)
+            g.statics["flags"].copy_(flags)
+            probs = g.replay()
+            probs = None if probs is None else probs.clone()
+        st.used += 1
+        return probs
+
+    @staticmethod
+    def _copy_frames(buf: torch.Tensor, cache: PatchCache, rows: list[int]) -> None:
+        """buf [L, 2, B, N, D] <- every layer's K/V of cache row rows[b], in one multi-tensor copy."""
+        dst, src = [], []
+        for i, (k, v) in enumerate(cache.kv):
+            for b, r in enumerate(rows):
+                dst += [buf[i, 0, b], buf[i, 1, b]]
+                src += [k[r], v[r]]
+        torch._foreach_copy_(dst, src)
+
+
+def runner(model: torch.nn.Module) -> Runner:
+    """The model's Runner for its current mode (one per mode, so switching keeps graphs and
+    compiled code), rebuilt when the weights moved (.to(), new parameters)."""
+    fingerprint = tuple(p.data_ptr() for p in model.parameters()) + (model.dtype,)
+    runners = model.__dict__.setdefault("_fast_runners", _Runners())
+    mode = mode_of(model)
+    r = runners.get(mode)
+    if r is None or r.fingerprint != fingerprint:
+        r = runners[mode] = Runner(model, mode, fingerprint)
+    return r
+
+
+def release(model: torch.nn.Module) -> None:
+    """Free the fast path's static slots and graphs (compiled code is kept); the next call rebuilds them."""
+    for r in model.__dict__.get("_fast_runners", {}).values():
+        r.states.clear()
+
+
+class _Runners(dict):
+    """mode -> Runner, stored on the model; a copied or pickled model starts without runners."""
+
+    def __deepcopy__(self, memo: dict) -> _Runners:
+        return _Runners()
+
+    def __reduce__(self):
+        return (_Runners, ())
+
+
+# ---- prefill (the entry point) --------------------------------------------------------------------
+@torch.no_grad()
+def prefill(model: torch.nn.Module, batch: Batch, mode: str, return_attention: bool = False,
+            on_step: Callable | None = None) -> Prefill:
+    """FoveatedVLM._prefill on the fast path: the same outputs; Prefill.cache is a FastCache.
+
+    on_step(t, real [B], probs [n_real_t, L, H, N] | None) after each frame in autoregressive mode."""
+    if mode not in VLM_MODES:
+        raise ConfigError(f"unknown mode {mode!r}; use one of {VLM_MODES}")
+    r = runner(model)
+    if mode == "autoregressive":
+        return _autoregressive(r, batch, return_attention, on_step)
+    fm = batch.frame_mask
+    cache = model.encode_frames(batch)
+    vis_c, probs_c = model._visual(model._static_queries(cache.num_frames), cache, fm, return_attention)
+    probs = coarse = None
+    if mode == "coarse_fine":  # the coarse pass over [prefix, coarse tokens] in a scratch state
+        inp_c = model._inputs(batch, vis_c, with_suffix=False)
+        scratch = r.acquire(batch.batch_size, bucket(inp_c.mask.shape[1]))
+        hidden_c = scratch.forward(inp_c.embeds, inp_c.mask)
+        del scratch
+        vis, probs = model._visual(model._fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
+        coarse = probs_c
+    else:
+        vis, probs = vis_c, probs_c
+    inp = model._inputs(batch, vis)
+    fc = r.acquire(batch.batch_size, bucket(inp.mask.shape[1]) + DECODE_ROOM)
+    h = fc.forward(inp.embeds, inp.mask)[:, -1]
+    return _result(model, fc, h, probs, coarse)
+
+
+def _autoregressive(r: Runner, batch: Batch, return_attention: bool, on_step: Callable | None) -> Prefill:
+    """FoveatedVLM._autoregressive (with the KV cache) on static slots, one graph replay per frame.
+
+    The patch pass runs in chunks of FRAME_CHUNK frame slots, each just before its frames are read:
+    the K/V cache of one chunk is alive at a time, and the host queues the next chunk's patch pass
+    while the device is still replaying the previous chunk's frame steps (no sync inside the loop)."""
+    model = r.model
+    fm = batch.frame_mask
+    B, T = fm.shape
+    P, S = batch.prefix_ids.shape[1], batch.suffix_ids.shape[1]
+    fm_host = fm.cpu()
+    pixels = batch.pixel_values.flatten(0, 1)  # [B*T, 3, S, S]
+    chunks = []  # (first slot, flat indices of its real frames (b-major), rows [t][b] into its cache)
+    for t0 in range(0, T, FRAME_CHUNK):
+        sub = fm_host[:, t0 : t0 + FRAME_CHUNK]  # [B, c]
+        flat = (torch.arange(B)[:, None] * T + torch.arange(t0, t0 + sub.shape[1]))[sub]
+        rows = (sub.flatten().long().cumsum(0) - 1).clamp(min=0).view(B, -1).T.tolist()
+        chunks.append((t0, flat.to(pixels.device), rows))
+    fc = r.acquire(B, bucket(P) + T + bucket(S) + DECODE_ROOM)
+    st, s = fc.state, fc.state.slots
+    has_prev = torch.zeros_like(fm[:, 0])
+    if P > 0:
+        emb = model.embed(batch.prefix_ids) * batch.prefix_mask[..., None]
+        s.last.copy_(r.text(st, emb, batch.prefix_mask)[:, -1])
+        has_prev = batch.prefix_mask[:, -1]
+    flags = torch.stack([fm.T, torch.cat([has_prev[None], fm.T[:-1]])], dim=1)  # [T, 2, B]
+    probs = []
+    for t0, flat, rows in chunks:
+        cache = model.encoder.encode_patches(pixels.index_select(0, flat))  # this chunk's real frames
+        for j, row in enumerate(rows):
+            p = r.frame(st, cache, row, flags[t0 + j], return_attention)
+            probs.append(p)
+            if on_step is not None:
+                on_step(t0 + j, fm[:, t0 + j], None if p is None else p[fm[:, t0 + j]])
+        del cache  # (the allocator reuses it only after the queued steps that read it)
+    h = s.last
+    if S > 0:
+        emb = model.embed(batch.suffix_ids) * batch.suffix_mask[..., None]
+        h = r.text(st, emb, batch.suffix_mask)[:, -1]
+    attention = torch.stack(probs, dim=1)[fm] if return_attention else None  # [n_real, L, H, N] cache order
+    return _result(model, fc, h, attention, None)
+
+
+def _result(model: torch.nn.Module, fc: FastCache, h: torch.Tensor, attention: torch.Tensor | None,
+            coarse: torch.Tensor | None) -> Prefill:
+    s = fc.state.slots
+    return Prefill(
+        cache=fc, mask=s.valid[:, : fc.state.used].clone(), next_position=s.count.clone(),
+        logits=model.llm.get_output_embeddings()(h), attention=attention, coarse_attention=coarse,
+    )
