@@ -20,39 +20,31 @@ exactly the continuation's tokens (eval.likelihood) in the same mode.
 
 from __future__ import annotations
 
-import gc
-from collections import defaultdict
-
 import torch
 from lmms_eval.api.instance import Instance
-from lmms_eval.api.model import lmms
-from tqdm import tqdm
 
 import fvlm
 from fvlm.config import MODES
-from fvlm.errors import FVLMError, InputError, VideoError
+from fvlm.errors import FVLMError, InputError
 from fvlm.generation import TextEvent
 from fvlm.video import Clip
 
+from .base import FrameModel
 from .errors import ERROR_LOGLIKELIHOOD, ERROR_RESPONSE, ErrorLog
 from .likelihood import answer_sample, score_answers
 from .requests import (
     DTYPES,
-    ClipCache,
     Query,
-    batches,
     chat_query,
     check_batch_size,
     cut_at,
     describe,
     pick_device,
-    simple_query,
-    single_video,
 )
 from .stats import RunStats, Stopwatch
 
 
-class FVLM(lmms):
+class FVLM(FrameModel):
     is_simple = True
 
     def __init__(
@@ -93,40 +85,8 @@ class FVLM(lmms):
     def visual_tokens_per_frame(self) -> int:
         return self.model.visual_tokens_per_frame
 
-    def clean(self) -> None:
-        """Free cached memory but keep the model: lmms-eval's default deletes it after every
-        evaluation, while eval.compare evaluates one loaded model in several modes."""
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def _query(self, request: Instance) -> Query:
-        return simple_query(request, self.task_dict)
-
-    # ---- generation ---------------------------------------------------------------------------
-    def generate_until(self, requests: list[Instance]) -> list[str]:
-        before = len(self.errors.errors)
-        queries = [self._query(r) for r in requests]
-        answers = [ERROR_RESPONSE] * len(queries)
-        groups: dict[tuple, list[int]] = defaultdict(list)  # one generate() call per settings
-        for i, q in enumerate(queries):
-            groups[q.max_new_tokens, q.temperature, q.top_p].append(i)
-        with tqdm(total=len(queries), desc=f"{self.name} generate", disable=self.rank != 0) as bar:
-            for idx in groups.values():
-                for chunk in batches(idx, self.batch_size):
-                    for i, text in zip(chunk, self._generate([queries[i] for i in chunk])):
-                        answers[i] = text
-                    bar.update(len(chunk))
-        self.errors.log_summary("generate_until", len(queries), before)
-        return answers
-
-    def _decode(self, q: Query) -> Clip | None:
-        """The query's video as fvlm's sampler reads it, or None (error recorded)."""
-        try:
-            return self.model.clip(single_video(q.visuals))
-        except (VideoError, InputError) as e:
-            self.errors.add(q.task, q.doc_id, describe(q.visuals), e)
-            return None
+    def clip(self, video) -> Clip:
+        return self.model.clip(video)
 
     def _generate(self, queries: list[Query]) -> list[str]:
         """One batch with the same generation settings; failed samples get ERROR_RESPONSE."""
@@ -163,24 +123,18 @@ class FVLM(lmms):
         assistant's reply; only its own tokens are scored (eval.likelihood)."""
         before = len(self.errors.errors)
         results = [ERROR_LOGLIKELIHOOD] * len(requests)
-        clip = ClipCache(self.model.clip)
-        chunks = list(batches(list(range(len(requests))), self.batch_size))
-        for chunk in tqdm(chunks, desc=f"{self.name} loglikelihood", disable=self.rank != 0):
+        for chunk, items in self.likelihood_chunks(requests):
             watch = Stopwatch()
             samples, where, tokens = [], [], []
-            for i in chunk:
-                context, continuation, doc_to_visual, doc_id, task, split = requests[i].args
-                doc = self.task_dict[task][split][doc_id]
-                visuals = list(doc_to_visual(doc) or [])
+            for i, clip, context, answer in items:
                 try:
-                    frames = clip(single_video(visuals))
-                    answer = continuation(doc) if callable(continuation) else continuation
-                    samples.append(answer_sample(self.model, frames, context, str(answer)))
-                except (VideoError, InputError) as e:
-                    self.errors.add(task, doc_id, describe(visuals), e)
+                    samples.append(answer_sample(self.model, clip, context, answer))
+                except InputError as e:  # e.g. the context does not fit the LLM
+                    _, _, doc_to_visual, doc_id, task, split = requests[i].args
+                    self.errors.add(task, doc_id, clip.source, e)
                     continue
                 where.append(i)
-                tokens.append(len(frames.frames) * self.visual_tokens_per_frame)
+                tokens.append(len(clip.frames) * self.visual_tokens_per_frame)
             if samples:
                 for i, s in zip(where, score_answers(self.model, samples, self.mode)):
                     results[i] = (s.logprob, s.is_greedy)

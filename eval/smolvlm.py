@@ -23,32 +23,24 @@ eval.errors.ERROR_RESPONSE, as for fvlm.
 
 from __future__ import annotations
 
-import gc
-from collections import defaultdict
 from datetime import timedelta
 
 import torch
 from lmms_eval.api.instance import Instance
-from lmms_eval.api.model import lmms
 from num2words import num2words
-from tqdm import tqdm
 from transformers.generation.streamers import BaseStreamer
 
-from fvlm.errors import InputError, VideoError
+from fvlm.errors import InputError
 from fvlm.video import Clip, to_clip
 
+from .base import FrameModel
 from .errors import ERROR_LOGLIKELIHOOD, ERROR_RESPONSE, ErrorLog
 from .requests import (
     DTYPES,
-    ClipCache,
     Query,
-    batches,
     check_batch_size,
     cut_at,
-    describe,
     pick_device,
-    simple_query,
-    single_video,
 )
 from .stats import RunStats, Stopwatch
 
@@ -80,7 +72,7 @@ def video_duration(path: str) -> float | None:
         return container.duration / 1e6 if container.duration else None
 
 
-class SmolVLM2(lmms):
+class SmolVLM2(FrameModel):
     is_simple = True
 
     def __init__(
@@ -126,12 +118,6 @@ class SmolVLM2(lmms):
     def visual_tokens_per_frame(self) -> int:
         return self.image_seq_len
 
-    def clean(self) -> None:
-        """Free cached memory but keep the model loaded (lmms-eval's default deletes it)."""
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
     # ---- inputs -------------------------------------------------------------------------------
     def clip(self, video) -> Clip:
         """Frames the SmolVLM2 way, decoded by fvlm (short side <= video_size: the processor then
@@ -160,29 +146,6 @@ class SmolVLM2(lmms):
                 "pixel_attention_mask": pixels["pixel_attention_mask"]}
 
     # ---- generation ---------------------------------------------------------------------------
-    def generate_until(self, requests: list[Instance]) -> list[str]:
-        before = len(self.errors.errors)
-        queries = [simple_query(r, self.task_dict) for r in requests]
-        answers = [ERROR_RESPONSE] * len(queries)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, q in enumerate(queries):
-            groups[q.max_new_tokens, q.temperature, q.top_p].append(i)
-        with tqdm(total=len(queries), desc=f"{self.name} generate", disable=self.rank != 0) as bar:
-            for idx in groups.values():
-                for chunk in batches(idx, self.batch_size):
-                    for i, text in zip(chunk, self._generate([queries[i] for i in chunk])):
-                        answers[i] = text
-                    bar.update(len(chunk))
-        self.errors.log_summary("generate_until", len(queries), before)
-        return answers
-
-    def _decode(self, q: Query) -> Clip | None:
-        try:
-            return self.clip(single_video(q.visuals))
-        except (VideoError, InputError) as e:
-            self.errors.add(q.task, q.doc_id, describe(q.visuals), e)
-            return None
-
     @torch.inference_mode()
     def _generate(self, queries: list[Query]) -> list[str]:
         watch = Stopwatch()
@@ -217,27 +180,14 @@ class SmolVLM2(lmms):
         reply (" answer", as SmolVLM's template writes it); only its tokens are scored."""
         before = len(self.errors.errors)
         results = [ERROR_LOGLIKELIHOOD] * len(requests)
-        clip = ClipCache(self.clip)
-        chunks = list(batches(list(range(len(requests))), self.batch_size))
-        for chunk in tqdm(chunks, desc=f"{self.name} loglikelihood", disable=self.rank != 0):
+        for chunk, items in self.likelihood_chunks(requests):
             watch = Stopwatch()
-            clips, texts, answers, where = [], [], [], []
-            for i in chunk:
-                context, continuation, doc_to_visual, doc_id, task, split = requests[i].args
-                doc = self.task_dict[task][split][doc_id]
-                visuals = list(doc_to_visual(doc) or [])
-                try:
-                    c = clip(single_video(visuals))
-                except (VideoError, InputError) as e:
-                    self.errors.add(task, doc_id, describe(visuals), e)
-                    continue
-                answer = continuation(doc) if callable(continuation) else continuation
-                clips.append(c)
-                texts.append(self.prompt(c, context))
-                answers.append(self.tokenizer(" " + str(answer).lstrip(" "), add_special_tokens=False)["input_ids"])
-                where.append(i)
-            if where:
-                for i, score in zip(where, self._score(clips, texts, answers)):
+            clips = [c for _, c, _, _ in items]
+            if items:
+                texts = [self.prompt(c, context) for _, c, context, _ in items]
+                answers = [self.tokenizer(" " + a.lstrip(" "), add_special_tokens=False)["input_ids"]
+                           for _, _, _, a in items]
+                for (i, _, _, _), score in zip(items, self._score(clips, texts, answers)):
                     results[i] = score
             self.stats.add([requests[i].args[4] for i in chunk], watch.elapsed(), None,
                            [len(c.frames) * self.image_seq_len for c in clips])
