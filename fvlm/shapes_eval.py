@@ -9,8 +9,10 @@ Foveation is measured on the attention maps of records that name a target object
 - selectivity   = density inside the target's box / density inside the other objects' boxes
   (1.0 = the question does not steer the gaze toward the object it asks about)
 
-Both are averaged over the frames where the target is visible (selectivity: where another object is
-visible too), per DINO layer, for the layer mean, and for the map the heatmaps draw.
+Densities are averaged over the frames where the target is visible (selectivity: where another
+object is visible too) and the ratio is taken of those means (robust to frames where almost no
+attention falls on the other objects), per DINO layer, for the layer mean, and for the map the
+heatmaps draw.
 
     fvlm eval-shapes MODEL_DIR --index data/shapes/test/index.jsonl [--limit N] [--json OUT]
 """
@@ -72,14 +74,16 @@ def _box_mask(box, offset: tuple[int, int], s: int) -> np.ndarray:
     return m
 
 
-def gaze_ratios(attention: np.ndarray, boxes: list, target: int, frame_hw: tuple[int, int]
-                ) -> tuple[float | None, float | None]:
-    """(concentration, selectivity) of one map [gh, gw] over a frame of size frame_hw."""
+def gaze_densities(attention: np.ndarray, boxes: list, target: int, frame_hw: tuple[int, int]
+                   ) -> tuple[float | None, float | None]:
+    """Attention density inside the target's box and inside the other objects' boxes, in units of
+    the uniform density (1.0 = as much as an even spread), for one map [gh, gw] over a frame of size
+    frame_hw. (None, None) when the target is outside the crop; others None when no other object is."""
     H, W = frame_hw
     s = min(H, W)
     offset = ((W - s) // 2, (H - s) // 2)
     dens = cv2.resize(attention.astype(np.float32), (s, s), interpolation=cv2.INTER_NEAREST)
-    dens = dens / max(float(dens.sum()), 1e-12)  # [s, s] attention per pixel, sums to 1
+    dens = dens * (s * s / max(float(dens.sum()), 1e-12))  # [s, s], mean 1
     tgt = _box_mask(boxes[target], offset, s)
     if not tgt.any():
         return None, None
@@ -88,10 +92,7 @@ def gaze_ratios(attention: np.ndarray, boxes: list, target: int, frame_hw: tuple
         if i != target:
             others |= _box_mask(b, offset, s)
     others &= ~tgt
-    d_tgt = dens[tgt].mean()
-    concentration = float(d_tgt * s * s)
-    selectivity = float(d_tgt / max(dens[others].mean(), 1e-12)) if others.sum() >= 4 else None
-    return concentration, selectivity
+    return float(dens[tgt].mean()), (float(dens[others].mean()) if others.sum() >= 4 else None)
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -103,8 +104,8 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
     report = {}
     for mode in modes:
         correct: dict[str, list[bool]] = defaultdict(list)  # "qtype" and "difficulty/qtype"
-        conc: dict[str, list[float]] = defaultdict(list)
-        sel: dict[str, list[float]] = defaultdict(list)
+        conc: dict[str, list[float]] = defaultdict(list)  # target density, every frame
+        pair: dict[str, list[tuple[float, float]]] = defaultdict(list)  # (target, others) density
         bar = tqdm(range(0, len(records), batch_size), desc=f"eval {mode}", disable=not progress,
                    file=sys.stderr)
         for start in bar:
@@ -129,11 +130,11 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
                     if not r["visible"][f][r["target"]]:
                         continue
                     for name, m in maps.items():
-                        c, s = gaze_ratios(m[f], r["boxes"][f], r["target"], hw)
-                        if c is not None:
-                            conc[name].append(c)
-                        if s is not None:
-                            sel[name].append(s)
+                        d_tgt, d_oth = gaze_densities(m[f], r["boxes"][f], r["target"], hw)
+                        if d_tgt is not None:
+                            conc[name].append(d_tgt)
+                        if d_oth is not None:
+                            pair[name].append((d_tgt, d_oth))
         scored = [x for q, v in correct.items() if "/" not in q for x in v]
         by_split = defaultdict(list)
         for q, v in correct.items():
@@ -145,7 +146,8 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
             "accuracy_by_split": {d: _mean(v) for d, v in sorted(by_split.items())},
             "accuracy_by_qtype": {q: _mean(v) for q, v in sorted(correct.items())},
             "concentration": {k: _mean(v) for k, v in conc.items()},
-            "selectivity": {k: _mean(v) for k, v in sel.items()},
+            "selectivity": {k: float(np.mean([t for t, _ in v]) / max(np.mean([o for _, o in v]), 1e-12))
+                            for k, v in pair.items()},
         }
     return report
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fvlm.shapes_eval import evaluate, format_report, gaze_ratios, normalize, read_index
+from fvlm.shapes_eval import evaluate, format_report, gaze_densities, normalize, read_index
 
 
 def test_normalize():
@@ -14,28 +14,26 @@ def test_normalize():
     assert normalize("a cross") == "cross"
 
 
-def test_gaze_ratios_on_hand_made_maps():
+def test_gaze_densities_on_hand_made_maps():
     boxes = [[0, 0, 32, 32], [64, 64, 96, 96], None]  # 128 px frame, 4x4 map (32-px cells)
     on_target = np.zeros((4, 4))
     on_target[0, 0] = 1.0
-    c, s = gaze_ratios(on_target, boxes, 0, (128, 128))
-    assert c == pytest.approx(16.0)  # all mass on 1/16 of the frame
-    assert s > 1e6  # nothing on the other object
+    t, o = gaze_densities(on_target, boxes, 0, (128, 128))
+    assert t == pytest.approx(16.0) and o == pytest.approx(0.0)  # all mass on 1/16 of the frame
     uniform = np.ones((4, 4))
-    c, s = gaze_ratios(uniform, boxes, 0, (128, 128))
-    assert c == pytest.approx(1.0) and s == pytest.approx(1.0)
+    assert gaze_densities(uniform, boxes, 0, (128, 128)) == pytest.approx((1.0, 1.0))
     on_other = np.zeros((4, 4))
     on_other[2, 2] = 1.0
-    c, s = gaze_ratios(on_other + 1e-9, boxes, 0, (128, 128))
-    assert c < 1e-3 and s < 1e-3
-    assert gaze_ratios(uniform, boxes, 2, (128, 128)) == (None, None)  # target outside the frame
+    t, o = gaze_densities(on_other, boxes, 0, (128, 128))
+    assert t == pytest.approx(0.0) and o == pytest.approx(16.0)
+    assert gaze_densities(uniform, boxes, 2, (128, 128)) == (None, None)  # target outside the frame
 
 
-def test_gaze_ratios_use_the_centre_crop():
+def test_gaze_densities_use_the_centre_crop():
     boxes = [[32, 0, 64, 32], [96, 96, 128, 128]]  # frame 128 wide x 64 high: crop x in [32, 96)
     m = np.zeros((2, 2))
     m[0, 0] = 1.0  # the crop's top-left cell = frame pixels x 32..64, y 0..32
-    c, _ = gaze_ratios(m, boxes, 0, (64, 128))
+    c, _ = gaze_densities(m, boxes, 0, (64, 128))
     assert c == pytest.approx(4.0)
 
 
