@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from .config import MODES
 from .errors import FVLMError
@@ -64,9 +65,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         print(out.text)
         if files is not None:
-            where = files.mp4 or (files.pngs[0].parent if files.pngs else args.heatmaps)
-            print(f"[heatmaps: {len(files.pngs)} PNGs and {files.mp4 or 'no MP4'} in {where}]",
-                  file=sys.stderr)
+            mp4 = f" and {Path(files.mp4).name}" if files.mp4 else " (no MP4)"
+            print(f"[heatmaps: {len(files.pngs)} PNGs{mp4} in {args.heatmaps}]", file=sys.stderr)
             if files.note:
                 print(f"[note: {files.note}]", file=sys.stderr)
     return 0

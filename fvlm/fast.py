@@ -210,7 +210,8 @@ def llm_forward(model: torch.nn.Module, s: Slots, x: torch.Tensor, real: torch.T
         s.v[i].index_copy_(2, slot, att.v_proj(y).view(B, l, Hkv, hd).transpose(1, 2))
         o = F.scaled_dot_product_attention(q.reshape(B, Hkv, G * l, hd), s.k[i], s.v[i], attn_mask=bias,
                                            scale=att.scaling)  # [B, Hkv, G*l, hd]
-        h = _add_linear(h, att.o_proj, o.view(B, H, l, hd).transpose(1, 2).reshape(B, l, H * hd))
+        # reshape, not view: CUDA's SDPA kernels may return o in a layout where [B, Hkv, G*l] is not one run
+        h = _add_linear(h, att.o_proj, o.reshape(B, H, l, hd).transpose(1, 2).reshape(B, l, H * hd))
         y = _rms_norm(layer.post_attention_layernorm, h)
         h = _add_linear(h, mlp.down_proj, mlp.act_fn(mlp.gate_proj(y)) * mlp.up_proj(y))
     s.col.add_(l)

@@ -66,3 +66,4 @@ def test_shipped_default_model_answers_the_readme_command(capsys, tmp_path):
     assert rc == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["frames"] == 8 and len(res["heatmaps"]["pngs"]) == 8
+    assert res["text"].strip().lower() == "red"
