@@ -39,6 +39,8 @@ def loglikelihood_value(result) -> float:
 def response_state(sample: dict) -> str:
     """'error' (the model could not answer), 'empty' (answered "") or 'answered'."""
     responses = sample.get("filtered_resps") or []
+    if isinstance(responses, str):  # lmms-eval 0.7.3 logs a generation task's single answer unwrapped
+        responses = [responses]
     if any(is_error_response(r) for r in responses):
         return "error"
     if len(responses) > 1:  # a multiple-choice doc: one log-likelihood per option

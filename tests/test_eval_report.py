@@ -62,6 +62,9 @@ def test_all_items_accuracy_counts_empty_and_errors_as_wrong():
     assert row.accuracy == 25.0 and row.answered_accuracy == 50.0 and row.lmms_value == pytest.approx(33.33, 0.01)
     assert pool.task == "mvbench (pooled)" and pool.accuracy == 25.0 and pool.lmms_value is None
     assert response_state({"filtered_resps": ["(-1.0, False)", "(-inf, False)"]}) == "error"
+    # a generation task's answer as lmms-eval 0.7.3 logs it: the string itself, not a list
+    assert response_state({"filtered_resps": "red"}) == "answered"
+    assert response_state({"filtered_resps": ""}) == "empty"
     assert math.isnan(TaskReport("t", "acc", None, 0, 0, 0, 0).accuracy)
 
 
