@@ -192,7 +192,7 @@ def resolve_model_dir(text: str | None, settings: Settings) -> Path:
 
 
 def model_markdown(model_dir: Path) -> str:
-    """A short description of the model in model_dir, with its config notes (e.g. PLACEHOLDER)."""
+    """A short description of the model in model_dir, with its config notes (how it was trained)."""
     from fvlm.config import FVLMConfig
 
     name = "the default model shipped with fvlm" if Path(model_dir) == DEFAULT_MODEL_DIR else f"`{model_dir}`"
@@ -203,7 +203,7 @@ def model_markdown(model_dir: Path) -> str:
     text = (f"**Model:** {name} ({cfg.architecture}, {cfg.image_size}-px frames, "
             f"up to {cfg.max_frames} frames at {cfg.fps:g} fps)")
     if cfg.notes:
-        text += f"\n\n> ⚠️ **Model note:** {cfg.notes}"
+        text += f"\n\n> **Model note:** {cfg.notes}"
     return text
 
 
