@@ -57,6 +57,7 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path, mutate, key):
         (lambda r: r["data"].update(text_ratio=0.2), "data.text_shards"),
         (lambda r: r.update(loss={"type": "dpo"}), "loss.type"),
         (lambda r: r["flops"].update(budget=1e16), "train.total_samples"),
+        (lambda r: r["model"].update(init_from="runs/x/final"), "model.tokenizer"),  # new vocab, old weights
     ],
 )
 def test_wrong_types_and_values_are_errors_naming_the_key(tmp_path, mutate, key):

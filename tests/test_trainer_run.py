@@ -134,7 +134,8 @@ def test_best_checkpoint_is_chosen_on_validation_only(tmp_path):
     assert kept == {ckpt.step_name(12), ckpt.step_name(best_step)}  # keep_last 1 + best
 
     # the next stage starts from the best checkpoint (init_from), not from fresh weights
-    stage2 = from_dict(tiny_config(tmp_path / "s2", f"{data}/*.tar", model={"init_from": str(link)}))
+    stage2 = from_dict(tiny_config(tmp_path / "s2", f"{data}/*.tar",
+                                   model={"init_from": str(link), "tokenizer": str(link)}))
     model = build_model(stage2, build_tokenizer(stage2))
     best = read_weights(link / "model.safetensors")
     assert all(torch.equal(t, best[n]) for n, t in model.state_dict().items() if n in best)

@@ -354,6 +354,10 @@ def validate(cfg: Config) -> None:
     if cfg.stage not in (1, 2, 3):
         raise bad("stage", f"must be 1, 2 or 3, got {cfg.stage}")
     _check_fvlm_keys(cfg.model.fvlm)
+    if cfg.model.init_from is not None and isinstance(cfg.model.tokenizer, TokenizerSpec):
+        # a new tokenizer would not match the embeddings of the weights being loaded
+        raise bad("model.tokenizer", "with model.init_from, use the tokenizer saved with those weights: "
+                  f"model.tokenizer: {cfg.model.init_from}")
     for key, shards in (
         ("data.train_shards", cfg.data.train_shards),
         ("data.val_shards", cfg.data.val_shards),
