@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything a lent GPU should run, in one call of under 10 minutes (SUITE_SECONDS, default 580) (every stage has its own time
-# limit, so a stage that hangs costs only its own results):
+# Everything a lent GPU should run, in one call of under 10 minutes (SUITE_SECONDS, default 580);
+# every stage has its own time limit, so a stage that hangs costs only its own results:
 #   0. ShapesQA data for stage 2, made on the CPU cores in the background during stage 1,
 #   1. GPU correctness: tests/test_kernels.py (Triton kernel, bf16, every autotune config) and
 #      tests/test_fast.py (CUDA graphs and torch.compile against the eager path),
@@ -47,9 +47,7 @@ stage() {  # stage NAME SECONDS COMMAND...
 }
 workers=$(($(nproc) > 9 ? $(nproc) - 8 : 1))  # the rest compile the tests' kernels
 rm -rf data/shapes_gpu
-( "$PY" -m fvlm.cli make-shapes data/shapes_gpu --n "${CLIPS:-24000}" --subsets train --no-videos --workers "$workers" \
-  && "$PY" -m fvlm.cli make-shapes data/shapes_gpu --eval-n 400 --subsets val --no-videos --workers "$workers" ) \
-  > "$RES/shapes_data.log" 2>&1 &
+DATA_ONLY=1 WORKERS=$workers bash trainer/shapes_gpu.sh > "$RES/shapes_data.log" 2>&1 &
 data_pid=$!
 
 xdist=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 6")  # Triton and torch.compile compile on CPU cores

@@ -8,6 +8,7 @@
 #      config.yaml; rerunning with --set train.total_samples=N reproduces the run on any machine).
 #
 #   bash trainer/shapes_gpu.sh [TOTAL_SECONDS (default 300, data and probe included)]
+#   DATA_ONLY=1 bash trainer/shapes_gpu.sh     # step 1 alone (benchmarks/gpu_suite.sh runs it early)
 #
 # Needs torch, transformers, tokenizers, webdataset, opencv, pillow, pyyaml, tqdm (no wandb/decord).
 set -euo pipefail
@@ -27,6 +28,7 @@ if [ ! -d data/shapes_gpu/val ]; then
     "$PY" -m fvlm.cli make-shapes data/shapes_gpu --eval-n 400 --subsets val --no-videos --workers "$WORKERS"
 fi
 echo "[shapes_gpu] data ready after $((SECONDS - start)) s"
+[ -z "${DATA_ONLY:-}" ] || exit 0
 
 probe=$RUN-probe
 rm -rf "$probe"
