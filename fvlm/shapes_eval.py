@@ -1,7 +1,8 @@
 """ShapesQA evaluation: accuracy per question type and mode, and where the model looks.
 
 For every record of a ShapesQA `index.jsonl` (written by `fvlm make-shapes`), the model answers
-in each mode; answers are scored by exact match after normalisation (captions are not scored).
+in each mode; answers are scored by exact match after normalisation (captions are not scored),
+per question type, per split (easy/hard) and on the clips that hold a single object.
 Foveation is measured on the attention maps of records that name a target object:
 
 - concentration = attention density inside the target's box / the uniform density
@@ -104,6 +105,7 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
     report = {}
     for mode in modes:
         correct: dict[str, list[bool]] = defaultdict(list)  # "qtype" and "difficulty/qtype"
+        single: dict[str, list[bool]] = defaultdict(list)  # qtype, clips with exactly one object
         conc: dict[str, list[float]] = defaultdict(list)  # target density, every frame
         pair: dict[str, list[tuple[float, float]]] = defaultdict(list)  # (target, others) density
         bar = tqdm(range(0, len(records), batch_size), desc=f"eval {mode}", disable=not progress,
@@ -117,6 +119,8 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
                     ok = normalize(out.text) == normalize(r["answer"])
                     correct[r["qtype"]].append(ok)
                     correct[f"{r.get('difficulty', 'all')}/{r['qtype']}"].append(ok)
+                    if len(r.get("objects", ())) == 1:
+                        single[r["qtype"]].append(ok)
                 if r.get("target") is None or out.attention is None:
                     continue
                 maps = {"shown": out.attention, "layer_mean": out.layer_attention.mean(1)}
@@ -145,6 +149,7 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
             "n": len(scored),
             "accuracy_by_split": {d: _mean(v) for d, v in sorted(by_split.items())},
             "accuracy_by_qtype": {q: _mean(v) for q, v in sorted(correct.items())},
+            "accuracy_single_object": {q: _mean(v) for q, v in sorted(single.items())},
             "concentration": {k: _mean(v) for k, v in conc.items()},
             "selectivity": {k: float(np.mean([t for t, _ in v]) / max(np.mean([o for _, o in v]), 1e-12))
                             for k, v in pair.items()},
@@ -166,6 +171,9 @@ def format_report(report: dict) -> str:
     for q in qtypes:
         lines.append(f"{'  ' + q:22}" + "".join(f"{pct(report[m]['accuracy_by_qtype'].get(q)):>16}"
                                                for m in modes))
+    for q in sorted({q for m in modes for q in report[m]["accuracy_single_object"]}):
+        lines.append(f"{'  1 object: ' + q:22}" + "".join(
+            f"{pct(report[m]['accuracy_single_object'].get(q)):>16}" for m in modes))
     keys = [k for k in report[modes[0]]["selectivity"]] or [k for k in report[modes[0]]["concentration"]]
     for metric in ("concentration", "selectivity"):
         for k in keys:

@@ -53,3 +53,32 @@ def test_evaluate_end_to_end(make_model, tmp_path):
     text = format_report(report)
     assert "accuracy (all)" in text and "selec" in text
     json.dumps(report)  # serialisable
+
+
+def test_single_object_accuracy_counts_only_one_object_clips(tmp_path):
+    """A stub that answers right exactly on one-object clips scores 100 % there, less overall."""
+    from types import SimpleNamespace
+
+    from fvlm.synthetic import make_shapes
+
+    make_shapes(tmp_path, n=12, seed=3, split="easy", subset="test", shards=False, size=64, progress=False)
+    records = [r for r in read_index(tmp_path / "test" / "index.jsonl") if r["qtype"] != "caption"]
+    by_video = {}
+    for r in records:
+        by_video.setdefault(r["video"], []).append(r)
+
+    class Stub:
+        def generate(self, videos, questions, mode, max_new_tokens):
+            outs = []
+            for v, q in zip(videos, questions):
+                r = next(x for x in by_video[v] if x["question"] == q)
+                text = r["answer"] if len(r["objects"]) == 1 else "no idea"
+                outs.append(SimpleNamespace(text=text, attention=None))
+            return outs
+
+    counts = {len(r["objects"]) for r in records}
+    assert 1 in counts and len(counts) > 1, counts  # the seed gives both kinds of clip
+    r = evaluate(Stub(), records, modes=("coarse_fine",), progress=False)["coarse_fine"]
+    assert r["accuracy_single_object"] and all(a == 1.0 for a in r["accuracy_single_object"].values())
+    assert r["accuracy"] < 1.0
+    assert "1 object: " in format_report({"coarse_fine": r})
