@@ -63,7 +63,7 @@ def read_index(path: str | Path, limit: int | None = None, qtypes: set[str] | No
     return records
 
 
-def _box_mask(box, offset: tuple[int, int], s: int) -> np.ndarray:
+def box_mask(box, offset: tuple[int, int], s: int) -> np.ndarray:
     """Pixel mask [s, s] of a frame-space box [x0, y0, x1, y1] inside the centre crop."""
     m = np.zeros((s, s), dtype=bool)
     if box is None:
@@ -85,13 +85,13 @@ def gaze_densities(attention: np.ndarray, boxes: list, target: int, frame_hw: tu
     offset = ((W - s) // 2, (H - s) // 2)
     dens = cv2.resize(attention.astype(np.float32), (s, s), interpolation=cv2.INTER_NEAREST)
     dens = dens * (s * s / max(float(dens.sum()), 1e-12))  # [s, s], mean 1
-    tgt = _box_mask(boxes[target], offset, s)
+    tgt = box_mask(boxes[target], offset, s)
     if not tgt.any():
         return None, None
     others = np.zeros_like(tgt)
     for i, b in enumerate(boxes):
         if i != target:
-            others |= _box_mask(b, offset, s)
+            others |= box_mask(b, offset, s)
     others &= ~tgt
     return float(dens[tgt].mean()), (float(dens[others].mean()) if others.sum() >= 4 else None)
 
