@@ -37,7 +37,7 @@ for name in a6 b1; do
     tail -n 3 "$run.log"
 done
 if [ -n "${OUT:-}" ]; then
-    tar -czf "$OUT/baselines.tar.gz" --exclude=optimizer.pt --exclude=rng.pt \
+    tar -czf "$OUT/baselines.tar.gz" --exclude=checkpoints \
         $(ls -d runs/shapes_gpu_a6 runs/shapes_gpu_b1 runs/shapes_gpu_a6.log runs/shapes_gpu_b1.log 2>/dev/null)
 fi
 exit $status
