@@ -204,7 +204,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"unknown mode {m!r} in --modes; use {MODES}")
     model = load(args.model_dir, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     records = read_index(args.index, args.limit, set(args.qtypes.split(",")) if args.qtypes else None)
-    report = evaluate(model, records, modes, args.batch_size)
+    if model.architecture == "multi_token":  # B1 has no query, so no modes: one column
+        report = {"multi_token": evaluate(model, records, modes[:1], args.batch_size)[modes[0]]}
+    else:
+        report = evaluate(model, records, modes, args.batch_size)
     print(format_report(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")

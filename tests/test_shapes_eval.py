@@ -82,3 +82,19 @@ def test_single_object_accuracy_counts_only_one_object_clips(tmp_path):
     assert r["accuracy_single_object"] and all(a == 1.0 for a in r["accuracy_single_object"].values())
     assert r["accuracy"] < 1.0
     assert "1 object: " in format_report({"coarse_fine": r})
+
+
+@pytest.mark.parametrize("architecture, columns", [("foveated", ["coarse_only", "coarse_fine"]),
+                                                   ("multi_token", ["multi_token"])])
+def test_cli_columns(make_model, tmp_path, capsys, architecture, columns):
+    """`fvlm eval-shapes`: one column per mode; a multi-token (B1) model has no modes: one column."""
+    from fvlm.cli import main
+    from fvlm.synthetic import make_shapes
+
+    make_shapes(tmp_path, n=2, seed=0, split="easy", subset="test", shards=False, size=64, progress=False)
+    make_model(seed=1, image_size=32, architecture=architecture).save_pretrained(tmp_path / "m")
+    out = tmp_path / "r.json"
+    assert main(["eval-shapes", str(tmp_path / "m"), "--index", str(tmp_path / "test" / "index.jsonl"),
+                 "--modes", "coarse_only,coarse_fine", "--limit", "4", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())) == columns
+    assert capsys.readouterr().out.splitlines()[0].split() == columns
