@@ -60,13 +60,11 @@ def object_features(model, records: list[dict], progress: bool = True) -> dict:
         feats = {k: e(pixel_values=px).last_hidden_state[:, 1:].reshape(T, g, g, -1).float().cpu().numpy()
                  for k, e in encoders.items()}  # [T, g, g, D] each (CLS dropped)
         pix = px.float().cpu().numpy().transpose(0, 2, 3, 1)  # [T, s, s, 3]
-        H = W = r["size"]
-        offset = ((W - min(H, W)) // 2, (H - min(H, W)) // 2)
         for t in range(T):
             for o, obj in enumerate(r["objects"]):
                 if not r["visible"][t][o]:
                     continue
-                mask = box_mask(r["boxes"][t][o], offset, min(H, W))
+                mask = box_mask(r["boxes"][t][o], (0, 0), r["size"])  # [S, S]: ShapesQA frames are square
                 if not mask.any():
                     continue
                 cell = cv2.resize(mask.astype(np.float32), (g, g), interpolation=cv2.INTER_AREA) > 0  # [g, g]

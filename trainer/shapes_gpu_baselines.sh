@@ -3,8 +3,8 @@
 # (flops.budget in each config): A6 (the same foveated model trained coarse-only) and B1 (16
 # pooled DINO tokens per frame). Same data as the shipped model (data/shapes_gpu, made here if
 # missing), same tokenizer recipe, same batch. Each run has its own wall-clock limit, so one that
-# hangs costs only itself; a run cut short leaves its newest checkpoint, under budget (the
-# summary line says so). Evaluation needs decoded test videos, so it happens where decord is:
+# hangs costs only itself; a run cut short leaves its newest checkpoint on the machine, under
+# budget (the summary line says so; $OUT gets final models only). Evaluation needs decoded test videos, so it happens where decord is:
 #   fvlm eval-shapes runs/shapes_gpu_a6/final --index data/shapes128/test/index.jsonl --limit 800
 #
 #   bash trainer/shapes_gpu_baselines.sh [SECONDS_PER_RUN (default 260)] [extra --set ...]
