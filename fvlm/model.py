@@ -105,11 +105,14 @@ class FoveatedVLM(VLMBase):
         measure_coarse: bool = False,
         return_attention: bool = False,
         return_hidden: bool = False,
+        patch_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> VLMOutput:
         """Text loss of `batch` under `mode` (see the module docstring).
 
         measure_coarse: in coarse_fine mode, also compute the static-query (coarse) loss; it is
         always computed when config.lambda_coarse > 0 and then added to the loss.
+        patch_loss: a training-only extra loss of the final patch features [n_real, N, D] (the
+        trainer's object supervision); added to the loss and kept in out.aux. Unused without frames.
         """
         self.check_mode(mode)
         fm = batch.frame_mask
@@ -150,6 +153,9 @@ class FoveatedVLM(VLMBase):
                     out.coarse = self.loss(hidden_c, inp_c.labels)
                     if self.config.lambda_coarse > 0:
                         out.loss = out.loss + self.config.lambda_coarse * out.coarse.loss
+        if patch_loss is not None and bool(fm.any()):
+            out.aux = patch_loss(cache.features)
+            out.loss = out.loss + out.aux
         if return_hidden:
             out.hidden, out.labels = hidden, inp.labels
         return out

@@ -47,6 +47,7 @@ class VLMOutput:
     coarse_attention: torch.Tensor | None = None  # [n_frames, L, H, N]
     hidden: torch.Tensor | None = None  # [B, L, d_llm] final hidden states (return_hidden=True)
     labels: torch.Tensor | None = None  # [B, L]
+    aux: torch.Tensor | None = None  # the patch_loss term, when one was given
 
 
 @dataclass

@@ -105,6 +105,7 @@ class TrainConfig:
 class LossConfig:
     type: str = "ce"  # ce (stage 1: all tokens, 2-3: answer only) | dpo (stage 3)
     beta: float = 0.1
+    object_weight: float = 0.0  # > 0: object supervision of the encoder (trainer/objects.py)
 
 
 @dataclass
@@ -422,6 +423,10 @@ def validate(cfg: Config) -> None:
         raise bad("flops.budget", "must be > 0")
     if cfg.loss.type not in LOSSES:
         raise bad("loss.type", f"{cfg.loss.type!r} is not one of {LOSSES}")
+    if cfg.loss.object_weight < 0:
+        raise bad("loss.object_weight", f"{cfg.loss.object_weight} must be >= 0")
+    if cfg.loss.object_weight > 0 and cfg.loss.type == "dpo":
+        raise bad("loss.object_weight", "object supervision works with the ce loss, not dpo")
     if cfg.loss.type == "dpo" and cfg.stage != 3:
         raise bad("loss.type", f"dpo is a stage-3 loss (stage is {cfg.stage})")
     if cfg.loss.type == "dpo" and d.text_ratio > 0:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -52,6 +53,7 @@ from fvlm.config import FVLMConfig
 from fvlm.errors import ConfigError, FVLMError, VideoError
 
 from .config import DataConfig
+from .objects import ObjectLabelError, collate_targets, object_targets
 
 FRAME_MEMBER = re.compile(r"^(\d+)\.(jpg|jpeg|png)$")
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
@@ -234,19 +236,21 @@ class Decoded:
     key: str
     samples: tuple[Sample, ...]  # (sample,) or, for DPO, (chosen, rejected)
     frames: int
+    objects: np.ndarray | None = None  # [T, K, 6] object targets (loss.object_weight > 0)
 
 
 class Decoder:
     """Raw sample -> model Sample(s). Raises CorruptSample for anything unusable."""
 
-    def __init__(self, model_config: FVLMConfig, tokenizer, loss: str, dpo: bool):
+    def __init__(self, model_config: FVLMConfig, tokenizer, loss: str, dpo: bool, objects: bool = False):
         self.config, self.tokenizer, self.loss, self.dpo = model_config, tokenizer, loss, dpo
+        self.objects = objects  # also decode object targets (trainer/objects.py)
         self.per_frame = model_config.tokens_per_frame if model_config.architecture == "multi_token" else 1
         self.context = int(model_config.llm.get("max_position_embeddings", 2048))
 
     def __call__(self, raw: RawSample) -> Decoded:
         meta = self._json(raw)
-        frames = self._frames(raw, meta)  # [T, H, W, 3] uint8 or None
+        frames, numbers = self._frames(raw, meta)  # [T, H, W, 3] uint8 or None; kept frame numbers
         answers = [meta["chosen_assistant"], meta["rejected_assistant"]] if self.dpo else [meta["assistant"]]
         samples = tuple(
             make_sample(frames, meta["user"], a, tokenizer=self.tokenizer, config=self.config, loss=self.loss)
@@ -256,7 +260,15 @@ class Decoder:
         longest = max(len(s.chat) for s in samples) + n * self.per_frame
         if longest > self.context:
             raise CorruptSample("too_long", f"{raw.key}: {longest} tokens > LLM context {self.context}")
-        return Decoded(raw.key, samples, n)
+        objects = None
+        if self.objects and frames is not None:
+            if numbers is None:
+                raise CorruptSample("no_objects", f"{raw.key}: object targets need numbered frame members")
+            try:
+                objects = object_targets(meta, numbers, frames.shape[1:3], self.config.image_size)
+            except ObjectLabelError as e:
+                raise CorruptSample("no_objects", f"{raw.key}: {e} (loss.object_weight needs them)") from e
+        return Decoded(raw.key, samples, n, objects)
 
     def _json(self, raw: RawSample) -> dict:
         if "json" not in raw.members:
@@ -270,7 +282,9 @@ class Decoder:
             raise CorruptSample("bad_json", f"{raw.key}: JSON needs string fields {needed}")
         return meta
 
-    def _frames(self, raw: RawSample, meta: dict) -> np.ndarray | None:
+    def _frames(self, raw: RawSample, meta: dict) -> tuple[np.ndarray | None, list[int] | None]:
+        """The frames [T, H, W, 3] uint8 (None: text only) and, for numbered frame members, the
+        positions of the kept ones among all of them."""
         cfg = self.config
         numbered = sorted((int(m.group(1)), ext) for ext in raw.members if (m := FRAME_MEMBER.match(ext)))
         if numbered:
@@ -279,25 +293,26 @@ class Decoder:
                 raise CorruptSample(
                     "missing_frames", f"{raw.key}: frame_count {stated}, {len(numbered)} frames"
                 )
+            kept = list(range(len(numbered)))
             if len(numbered) > cfg.max_frames:  # uniform thinning, as fvlm.video does for arrays
-                idx = np.unique(np.linspace(0, len(numbered) - 1, cfg.max_frames).round().astype(int))
-                numbered = [numbered[i] for i in idx]
+                kept = np.unique(np.linspace(0, len(numbered) - 1, cfg.max_frames).round().astype(int)).tolist()
+                numbered = [numbered[i] for i in kept]
             frames = [_decode_image(raw.members[ext], f"{raw.key}.{ext}") for _, ext in numbered]
             if len({f.shape for f in frames}) > 1:
                 raise CorruptSample("bad_image", f"{raw.key}: frames differ in size")
-            return np.stack(frames)  # [T, H, W, 3]
+            return np.stack(frames), kept  # [T, H, W, 3]
         image = next((e for e in IMAGE_MEMBERS if e in raw.members), None)
         if image is not None:
             frame = _decode_image(raw.members[image], f"{raw.key}.{image}")
-            return np.repeat(frame[None], cfg.image_frames, axis=0)  # [image_frames, H, W, 3]
+            return np.repeat(frame[None], cfg.image_frames, axis=0), None  # [image_frames, H, W, 3]
         video = next((e for e in VIDEO_MEMBERS if e in raw.members), None)
         if video is not None:
-            return self._video(raw, video)
+            return self._video(raw, video), None
         if int(meta.get("frame_count") or 0) > 0:
             raise CorruptSample(
                 "missing_frames", f"{raw.key}: frame_count {meta['frame_count']} but no frames"
             )
-        return None  # a text-only sample
+        return None, None  # a text-only sample
 
     def _video(self, raw: RawSample, ext: str) -> np.ndarray:
         from fvlm.video import load_video
@@ -335,6 +350,7 @@ class TrainBatch:
     kind: str  # "train" | "text" (text retention) | "eval"
     worker: int = 0  # logical worker that made it
     state: dict = field(default_factory=dict)  # that worker's position after this batch
+    objects: torch.Tensor | None = None  # [B, T, K, 6] object targets (loss.object_weight > 0)
 
     @property
     def size(self) -> int:
@@ -342,7 +358,8 @@ class TrainBatch:
 
     def pin_memory(self) -> TrainBatch:
         pinned = Batch(**{f.name: getattr(self.batch, f.name).pin_memory() for f in fields(Batch)})
-        return TrainBatch(pinned, self.keys, self.kind, self.worker, self.state)
+        objects = self.objects.pin_memory() if self.objects is not None else None
+        return TrainBatch(pinned, self.keys, self.kind, self.worker, self.state, objects)
 
 
 class Batcher:
@@ -501,13 +518,12 @@ class TrainStream(IterableDataset):
                 "batches": index,
                 "skipped": dict(stream.skipped),
             }
-            yield TrainBatch(
-                source.collate(decoded),
-                [x.key for x in decoded],
-                "text" if use_text else "train",
-                worker,
-                state,
-            )
+            batch = source.collate(decoded)
+            objects = None
+            if self.decoder.objects and not use_text:
+                objects = collate_targets([x.objects for x in decoded], batch.frame_mask.shape[1])
+            yield TrainBatch(batch, [x.key for x in decoded], "text" if use_text else "train", worker,
+                             state, objects)
 
 
 def new_position(world: int, workers: int) -> dict:

@@ -41,6 +41,9 @@ COLUMNS = [
     "gpu_mem_gb",
     "skipped_samples",
     "text_batches",
+    "loss_objects",
+    "object_shape_acc",
+    "object_color_acc",
     "dpo_reward_acc",
     "dpo_margin",
     "dpo_chosen_reward",
@@ -151,6 +154,9 @@ def line(step: int, total: int, m: dict[str, Any]) -> str:
     parts = [f"step {step}/{total}", f"loss {m['loss']:.4f}"]
     if m.get("loss_coarse") is not None:
         parts.append(f"fine {m['loss_fine']:.4f} coarse {m['loss_coarse']:.4f} ratio {m['loss_ratio']:.3f}")
+    if m.get("loss_objects") is not None:
+        parts.append(f"objects {m['loss_objects']:.3f} (shape {m['object_shape_acc']:.2f} "
+                     f"colour {m['object_color_acc']:.2f})")
     if m.get("dpo_reward_acc") is not None:
         parts.append(f"reward acc {m['dpo_reward_acc']:.2f} margin {m['dpo_margin']:.3f}")
     lrs = " ".join(

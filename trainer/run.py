@@ -41,6 +41,7 @@ from .dpo import dpo_step, reference_model
 from .evaluate import evaluate
 from .flops import sample_flops, samples_for_budget
 from .logger import RunLogger, line
+from .objects import ObjectHead
 from .optim import build_optimizer, set_lrs, warmup_steps
 
 # Test-only fault injection: SIGKILL this process right after optimizer step N (0 = never).
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     dist = D.init()
     try:
         return Trainer(cfg, args, dist).run()
+    except ConfigError as e:  # found once the model or checkpoint is known (e.g. a wrong world size)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         D.close(dist)
 
@@ -136,6 +140,12 @@ class Trainer:
         model = build_model(cfg, self.tokenizer)
         self.reference = reference_model(model).to(dist.device) if self.dpo else None
         freeze(model, cfg)
+        if cfg.loss.object_weight > 0:  # the head rides along as a submodule: optimizer, DDP, checkpoints
+            if model.architecture != "foveated":
+                raise ConfigError("config key 'loss.object_weight': object supervision needs the foveated "
+                                  f"architecture, not {model.architecture!r}")
+            vision = model.config.vision
+            model.object_head = ObjectHead(vision["hidden_size"], vision["patch_size"])
         self.model = model.to(dist.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.autocast, dtype = autocast_factory(cfg, dist.device)
@@ -162,7 +172,7 @@ class Trainer:
         self.total_samples = total
         self.total_steps = max(1, total // self.effective_batch)
 
-        self.decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo)
+        self.decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo, cfg.loss.object_weight > 0)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         positions = self.state.positions
         position = positions[dist.rank] if positions else None
@@ -301,6 +311,7 @@ class Trainer:
             )
             # sums over micro-batches: loss, fine, coarse, coarse count, samples, text batches, dpo x4
             acc = torch.zeros(10, dtype=torch.float64)
+            objects = torch.zeros(4, dtype=torch.float64)  # loss, shape acc, colour acc, batches
             for micro in range(accum):
                 tb = next(batches)
                 advance(self.position, tb)
@@ -328,8 +339,13 @@ class Trainer:
                                 ]
                             )
                         else:
-                            out = self.net(batch, mode=mode, measure_coarse=measure)
+                            out = self.net(batch, mode=mode, measure_coarse=measure,
+                                           patch_loss=self._object_loss(tb, batch))
                             loss = out.loss
+                            if out.aux is not None and self.model.object_head.stats.get("objects"):
+                                head = self.model.object_head.stats
+                                objects += torch.tensor([float(out.aux.detach()), head["shape_acc"],
+                                                         head["color_acc"], 1.0], dtype=torch.float64)
                             acc[1] += float(out.text.loss.detach())
                             if out.coarse is not None:
                                 acc[2] += float(out.coarse.loss.detach())
@@ -345,6 +361,8 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             D.all_reduce_sum(dist, acc)
+            if cfg.loss.object_weight > 0:
+                D.all_reduce_sum(dist, objects)
             st.step += 1
             st.samples += int(acc[4])
             bar.update(1)
@@ -380,6 +398,10 @@ class Trainer:
                     if acc[3] > 0:
                         m["loss_coarse"] = float(acc[2] / acc[3])
                         m["loss_ratio"] = m["loss_fine"] / m["loss_coarse"]
+                    if objects[3] > 0:
+                        m["loss_objects"] = float(objects[0] / objects[3])
+                        m["object_shape_acc"] = float(objects[1] / objects[3])
+                        m["object_color_acc"] = float(objects[2] / objects[3])
                 last_train = m
                 if dist.main:
                     self.logger.log("train", st.step, m)
@@ -399,6 +421,14 @@ class Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
         self._finish(last_train, last_eval)
+
+    def _object_loss(self, tb, batch):
+        """The patch_loss closure of a batch: weighted object supervision, or None."""
+        if tb.objects is None:
+            return None
+        targets = tb.objects.to(self.dist.device)[batch.frame_mask]  # [n_real, K, 6]
+        head, weight = self.model.object_head, self.cfg.loss.object_weight
+        return lambda features: weight * head(features, targets)
 
     def _skipped(self) -> int:
         local = torch.tensor([sum(skipped_counts(self.position).values())], dtype=torch.float64)
@@ -441,7 +471,10 @@ class Trainer:
         if not dist.main:
             return
         final_dir = self.run_dir / "final"
+        head = self.model._modules.pop("object_head", None)  # training-only: not part of the model
         self.model.save_pretrained(final_dir)
+        if head is not None:
+            self.model.object_head = head
         best = {
             "metric": "val_dpo_loss" if self.dpo else "val_loss",
             "value": st.best_metric,

@@ -1,0 +1,184 @@
+"""Object supervision (trainer/objects.py): targets from ShapesQA JSON, box pooling, the head, and
+a trainer run with loss.object_weight > 0 (logged, resumable, never saved into the final model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_trainer_helpers import (
+    image_sample,
+    read_csv,
+    run_trainer,
+    subprocess_env,
+    tiny_config,
+    write_config,
+)
+
+from fvlm.hub import load_pretrained, read_weights
+from fvlm.synthetic import SHAPES, make_shapes
+from trainer import checkpoint as ckpt
+from trainer.objects import (
+    COLOR_NAMES,
+    FIELDS,
+    ObjectHead,
+    ObjectLabelError,
+    collate_targets,
+    object_targets,
+    patch_weights,
+)
+
+META = {
+    "boxes": [[[10.0, 20.0, 30.0, 40.0], None], [[12.0, 22.0, 32.0, 42.0], [0.0, 0.0, 8.0, 8.0]]],
+    "visible": [[True, False], [True, True]],
+    "objects": [{"shape": "triangle", "color": "red"}, {"shape": "cross", "color": "cyan"}],
+}
+
+
+def test_object_targets_map_boxes_through_the_centre_crop():
+    # frames 40 high x 60 wide: the centre crop drops 10 px left and right, then 40 -> 20 px (x 0.5)
+    t = object_targets(META, [1], (40, 60), 20)
+    assert t.shape == (1, 2, FIELDS)
+    np.testing.assert_allclose(t[0, 0], [1.0, 11.0, 11.0, 21.0, SHAPES.index("triangle"), COLOR_NAMES.index("red")])
+    np.testing.assert_allclose(t[0, 1, :4], [-5.0, 0.0, -1.0, 4.0])  # outside the crop: no weight later
+    assert t[0, 1, 4:].tolist() == [SHAPES.index("cross"), COLOR_NAMES.index("cyan")]
+    hidden = object_targets(META, [0], (40, 40), 40)
+    assert (hidden[0, 1] == -1).all() and hidden[0, 0, 4] >= 0  # an invisible object is no target
+
+
+@pytest.mark.parametrize(
+    "meta, frames",
+    [
+        ({}, [0]),
+        ({**META, "objects": [{"shape": "hexagon", "color": "red"}, META["objects"][1]]}, [0]),
+        ({**META, "visible": META["visible"][:1]}, [0]),
+        (META, [2]),
+        ({**META, "boxes": [META["boxes"][0][:1], META["boxes"][1]]}, [0]),
+    ],
+)
+def test_object_targets_reject_bad_json(meta, frames):
+    with pytest.raises(ObjectLabelError):
+        object_targets(meta, frames, (40, 40), 40)
+
+
+def test_patch_weights_are_covered_fractions():
+    boxes = torch.tensor([[8.0, 0.0, 16.0, 8.0], [4.0, 4.0, 12.0, 12.0], [-8.0, -8.0, -1.0, -1.0]])
+    w = patch_weights(boxes, grid=2, patch=8)  # [3, 4], row-major patches (0,0) (0,1) (1,0) (1,1)
+    torch.testing.assert_close(w[0], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(w[1], torch.full((4,), 0.25))
+    assert float(w[2].sum()) == 0.0
+
+
+def test_collate_targets_pads_frames_and_objects():
+    rows = [np.ones((2, 1, FIELDS), np.float32), None, np.zeros((1, 3, FIELDS), np.float32)]
+    out = collate_targets(rows, frames=3)
+    assert out.shape == (3, 3, 3, FIELDS)
+    assert (out[0, :2, 0] == 1).all() and (out[0, 2] == -1).all() and (out[0, :, 1:] == -1).all()
+    assert (out[1] == -1).all() and (out[2, 0] == 0).all() and (out[2, 1:] == -1).all()
+
+
+def test_head_pools_its_box_and_learns_the_classes():
+    """Features carry each object's class only at the patches under its box: a head trained on
+    them must reach full accuracy, and a head that pooled the wrong patches could not."""
+    torch.manual_seed(0)
+    F_, g, p, D = 64, 4, 8, 16
+    proto = torch.randn(len(SHAPES), D) * 3
+    features = torch.randn(F_, 1 + g * g, D) * 0.5
+    targets = torch.full((F_, 2, FIELDS), -1.0)
+    for f in range(F_):
+        cls, (i, j) = f % len(SHAPES), divmod(f % (g * g), g)
+        features[f, 1 + i * g + j] += proto[cls]
+        features[f, 1 + ((i + 2) % g) * g + j] += proto[(cls + 1) % len(SHAPES)]  # a distractor elsewhere
+        targets[f, 0] = torch.tensor([j * p, i * p, (j + 1) * p, (i + 1) * p, cls, cls])
+    head = ObjectHead(D, p)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    first = float(head(features, targets).detach())
+    for _ in range(150):
+        opt.zero_grad()
+        loss = head(features, targets)
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.2 * first
+    assert head.stats["objects"] == F_ and head.stats["shape_acc"] == 1.0 and head.stats["color_acc"] == 1.0
+    empty = torch.full((F_, 1, FIELDS), -1.0)
+    assert float(head(features, empty)) == 0.0 and head.stats == {"objects": 0.0}
+
+
+def _at_32px(raw: dict) -> dict:
+    """The tiny model at 32-px input (4 x 4 patches of 8): the 16-px default makes every object
+    smaller than the quarter patch the head needs."""
+    raw["model"]["vision"]["image_size"] = raw["model"]["fvlm"]["image_size"] = 32
+    return raw
+
+
+def _shapes_shards(root, seconds: float = 2.0):
+    make_shapes(root, n=12, seed=0, split="easy", subset="train", size=32, seconds=seconds, fps=4, max_frames=4,
+                per_clip=2, videos=False, shard_size=8, progress=False)
+    return f"{root}/train/*.tar"
+
+
+def test_training_with_object_supervision_logs_resumes_and_ships_no_head(tmp_path):
+    shards = _shapes_shards(tmp_path / "shapes")
+    raw = _at_32px(tiny_config(tmp_path / "full", shards, steps=8, batch_size=2, loss={"object_weight": 1.0},
+                               data={"num_workers": 1, "shuffle_buffer": 4},
+                               checkpoint={"every_steps": 3, "keep_last": 1}))
+    full = write_config(tmp_path / "full.yaml", raw)
+    raw["run"]["out_dir"] = str(tmp_path / "killed")
+    killed = write_config(tmp_path / "killed.yaml", raw)
+
+    ref = run_trainer(full)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    rows = read_csv(tmp_path / "full" / "metrics.csv")
+    assert len(rows) == 8
+    for r in rows:
+        assert float(r["loss_objects"]) > 0 and 0 <= float(r["object_shape_acc"]) <= 1
+        assert float(r["loss"]) > float(r["loss_fine"])  # the object term is in the loss
+    assert "objects" in ref.stdout
+    saved = read_weights(tmp_path / "full" / "final" / "model.safetensors")
+    assert not any(k.startswith("object_head.") for k in saved)
+    in_ckpt = read_weights(ckpt.latest(tmp_path / "full") / "model.safetensors")
+    assert any(k.startswith("object_head.") for k in in_ckpt)
+    load_pretrained(tmp_path / "full" / "final")
+
+    crash = run_trainer(killed, env=subprocess_env(FVLM_TRAINER_KILL_AT_STEP="5"))
+    assert crash.returncode == -9, crash.stderr[-3000:]
+    resumed = run_trainer(killed)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
+    again = read_csv(tmp_path / "killed" / "metrics.csv")
+    for key in ("loss", "loss_objects", "object_shape_acc", "grad_norm"):
+        assert [r[key] for r in rows] == [r[key] for r in again], key
+    torch.testing.assert_close(saved["q_static"], read_weights(tmp_path / "killed" / "final" / "model.safetensors")["q_static"],
+                               rtol=0, atol=0)
+
+
+def test_decoder_gives_targets_for_the_kept_frames_and_skips_samples_without_objects(tokenizer, tmp_path):
+    from fvlm.config import FVLMConfig
+    from fvlm.tiny import tiny_llm_config, tiny_vision_config
+    from trainer.data import CorruptSample, Decoder, RawSample, read_shard
+
+    config = FVLMConfig(vision=tiny_vision_config(image_size=32).to_dict(), llm=tiny_llm_config(len(tokenizer)).to_dict(),
+                        image_size=32, query_dim=16, max_frames=3, image_frames=2)
+    decoder = Decoder(config, tokenizer, loss="answer", dpo=False, objects=True)
+    _shapes_shards(tmp_path / "s", seconds=4.0)
+    raw = next(read_shard(str(sorted((tmp_path / "s" / "train").glob("*.tar"))[0])))
+    meta = json.loads(raw.members["json"])
+    assert meta["frame_count"] == 4  # thinned to max_frames 3: frames 0, 2, 3 (np.linspace(0, 3, 3).round())
+    got = decoder(raw)
+    assert got.objects.shape == (3, len(meta["objects"]), FIELDS)
+    np.testing.assert_array_equal(got.objects, object_targets(meta, [0, 2, 3], (32, 32), 32))
+    assert Decoder(config, tokenizer, loss="answer", dpo=False)(raw).objects is None  # off by default
+    plain = image_sample("img", "red")
+    with pytest.raises(CorruptSample, match="numbered frame members"):
+        decoder(RawSample("x/img", plain))
+    broken = dict(raw.members, json=json.dumps({**meta, "objects": []}).encode())
+    with pytest.raises(CorruptSample, match="loss.object_weight needs them"):
+        decoder(RawSample("x/broken", broken))
+
+
+def test_object_supervision_refuses_multi_token(tmp_path):
+    raw = tiny_config(tmp_path / "b1", _shapes_shards(tmp_path / "shapes"), steps=2, loss={"object_weight": 1.0})
+    raw["model"]["fvlm"] = {**raw["model"]["fvlm"], "architecture": "multi_token", "tokens_per_frame": 4}
+    out = run_trainer(write_config(tmp_path / "b1.yaml", raw))
+    assert out.returncode == 2 and "error: config key 'loss.object_weight'" in out.stderr, out.stderr[-2000:]

@@ -1,0 +1,123 @@
+"""Object supervision: an auxiliary loss that teaches the vision encoder what each object is.
+
+The answer loss reaches DINO only through one token per frame, and on ShapesQA that signal was too
+weak for the encoder to learn shape at all (`eval.shapes_probe`: the trained encoder held no more
+shape than a random one). With `loss.object_weight > 0` the trainer adds, for every visible object
+of every frame, a linear classification of its shape and colour from the encoder's final patch
+features pooled over the object's box:
+
+    features [F, N, D] --(patch-coverage weights of the box)--> pooled [M, D] --> shape / colour logits
+    loss = object_weight * (CE(shape) + CE(colour)) / 2      (mean over the M object-frames)
+
+The boxes, shapes and colours come from the sample's JSON (ShapesQA writes `boxes`, `visible` and
+`objects`, see fvlm/synthetic.py). The head is trained with the connector group and is never part
+of the saved model (RUN/final); checkpoints carry it so that a resume is exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fvlm.synthetic import COLORS, SHAPES
+
+COLOR_NAMES = tuple(COLORS)
+MIN_COVERAGE = 0.25  # an object must cover at least a quarter patch to be classified
+FIELDS = 6  # x0, y0, x1, y1 (model-input pixels), shape id, colour id; shape id -1 = no object
+
+
+class ObjectLabelError(ValueError):
+    """A sample's JSON cannot give object targets."""
+
+
+def object_targets(meta: dict, frame_numbers: list[int], frame_hw: tuple[int, int], image_size: int
+                   ) -> np.ndarray:
+    """Targets [T, K, 6] for the kept frames `frame_numbers` of a sample, boxes mapped from the
+    frame (size frame_hw) to the model input (centre square crop resized to image_size)."""
+    boxes, visible, objects = meta.get("boxes"), meta.get("visible"), meta.get("objects")
+    if not (isinstance(boxes, list) and isinstance(visible, list) and isinstance(objects, list)):
+        raise ObjectLabelError("no 'boxes' / 'visible' / 'objects' lists in the JSON")
+    if len(boxes) != len(visible) or (frame_numbers and max(frame_numbers) >= len(boxes)):
+        raise ObjectLabelError(f"{len(boxes)} frames of boxes, {len(visible)} of visibility, "
+                               f"frames up to {max(frame_numbers, default=-1)} used")
+    ids = []
+    for o in objects:
+        if not isinstance(o, dict) or o.get("shape") not in SHAPES or o.get("color") not in COLORS:
+            raise ObjectLabelError(f"object {o!r}: shape must be one of {SHAPES}, colour one of {COLOR_NAMES}")
+        ids.append((SHAPES.index(o["shape"]), COLOR_NAMES.index(o["color"])))
+    H, W = frame_hw
+    s = min(H, W)
+    scale, ox, oy = image_size / s, (W - s) // 2, (H - s) // 2  # as fvlm.video.center_crop
+    out = np.full((len(frame_numbers), len(objects), FIELDS), -1.0, dtype=np.float32)
+    for t, n in enumerate(frame_numbers):
+        if len(boxes[n]) != len(objects) or len(visible[n]) != len(objects):
+            raise ObjectLabelError(f"frame {n}: {len(boxes[n])} boxes for {len(objects)} objects")
+        for k, (box, vis) in enumerate(zip(boxes[n], visible[n])):
+            if vis and box is not None:
+                x0, y0, x1, y1 = box
+                out[t, k, :4] = ((x0 - ox) * scale, (y0 - oy) * scale, (x1 - ox) * scale, (y1 - oy) * scale)
+                out[t, k, 4:] = ids[k]
+    return out
+
+
+def collate_targets(rows: list[np.ndarray | None], frames: int) -> torch.Tensor:
+    """Per-sample targets [T_i, K_i, 6] (None: no frames) -> [B, frames, K, 6], padded with -1."""
+    rows = [np.zeros((0, 0, FIELDS), np.float32) if r is None else r for r in rows]
+    K = max((r.shape[1] for r in rows), default=0)
+    out = torch.full((len(rows), frames, max(K, 1), FIELDS), -1.0)
+    for b, r in enumerate(rows):
+        out[b, : r.shape[0], : r.shape[1]] = torch.from_numpy(r)
+    return out
+
+
+def patch_weights(boxes: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
+    """Fraction of each patch that each box covers: boxes [M, 4] pixels -> [M, grid * grid]."""
+    edges = torch.arange(grid + 1, device=boxes.device, dtype=boxes.dtype) * patch  # [g + 1]
+    lo, hi = edges[:-1], edges[1:]  # [g]
+
+    def overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [M] -> [M, g]
+        return (torch.minimum(b[:, None], hi) - torch.maximum(a[:, None], lo)).clamp(min=0) / patch
+
+    wx, wy = overlap(boxes[:, 0], boxes[:, 2]), overlap(boxes[:, 1], boxes[:, 3])
+    return (wy[:, :, None] * wx[:, None, :]).flatten(1)  # [M, g * g], row-major like the patches
+
+
+class ObjectHead(nn.Module):
+    """Linear shape and colour classifiers on box-pooled final patch features."""
+
+    def __init__(self, dim: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.shape = nn.Linear(dim, len(SHAPES))
+        self.color = nn.Linear(dim, len(COLOR_NAMES))
+        self.stats: dict[str, float] = {}  # the last call's accuracies and object count (for logs)
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """features [F, N, D] (CLS first, then a square patch grid), targets [F, K, 6] -> loss."""
+        Fr, N, D = features.shape
+        grid = int(round((N - 1) ** 0.5))
+        if grid * grid != N - 1:
+            raise ValueError(f"object supervision needs CLS + a square patch grid, got {N} tokens")
+        flat = targets.reshape(-1, FIELDS)  # [F * K, 6]
+        frame = torch.arange(Fr, device=features.device).repeat_interleave(targets.shape[1])  # [F * K]
+        w = patch_weights(flat[:, :4].float(), grid, self.patch_size)  # [F * K, g * g]
+        keep = (flat[:, 4] >= 0) & (w.sum(1) >= MIN_COVERAGE)
+        if not bool(keep.any()):
+            self.stats = {"objects": 0.0}
+            return features.sum() * 0.0  # keeps the head in the graph (DDP) without a signal
+        w, frame, flat = w[keep], frame[keep], flat[keep]
+        w = w / w.sum(1, keepdim=True)
+        patches = features[frame, 1:].float()  # [M, g * g, D]
+        pooled = torch.einsum("mp,mpd->md", w, patches)  # [M, D]
+        shape_logits, color_logits = self.shape(pooled), self.color(pooled)
+        shape_y, color_y = flat[:, 4].long(), flat[:, 5].long()
+        loss = (F.cross_entropy(shape_logits, shape_y) + F.cross_entropy(color_logits, color_y)) / 2
+        with torch.no_grad():
+            self.stats = {
+                "objects": float(keep.sum()),
+                "shape_acc": float((shape_logits.argmax(1) == shape_y).float().mean()),
+                "color_acc": float((color_logits.argmax(1) == color_y).float().mean()),
+            }
+        return loss
