@@ -138,12 +138,16 @@ def test_training_with_object_supervision_logs_resumes_and_ships_no_head(tmp_pat
     assert "objects" in ref.stdout
     saved = read_weights(tmp_path / "full" / "final" / "model.safetensors")
     assert not any(k.startswith("object_head.") for k in saved)
-    in_ckpt = read_weights(ckpt.latest(tmp_path / "full") / "model.safetensors")
-    assert any(k.startswith("object_head.") for k in in_ckpt)
+    last = ckpt.latest(tmp_path / "full")
+    assert not any(k.startswith("object_head.") for k in read_weights(last / "model.safetensors"))
+    assert set(read_weights(last / ckpt.HEAD_NAME)) == {"shape.weight", "shape.bias", "color.weight", "color.bias"}
     load_pretrained(tmp_path / "full" / "final")
+    load_pretrained(last)  # a checkpoint is a loadable model too
 
     crash = run_trainer(killed, env=subprocess_env(FVLM_TRAINER_KILL_AT_STEP="5"))
     assert crash.returncode == -9, crash.stderr[-3000:]
+    plain = run_trainer(killed, "--set", "loss.object_weight=0")
+    assert plain.returncode == 2 and "same loss.object_weight" in plain.stderr, plain.stderr[-3000:]
     resumed = run_trainer(killed)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
     again = read_csv(tmp_path / "killed" / "metrics.csv")

@@ -3,6 +3,7 @@
     RUN/checkpoints/step_0000100/        a complete checkpoint (appears only by rename)
         config.json, model.safetensors,  fvlm.hub.save_pretrained: `fvlm generate --model` works
         tokenizer files
+        object_head.safetensors          the training-only object head (loss.object_weight > 0)
         optimizer.pt                     AdamW state (tensors only; read with weights_only=True)
         rng.pt                           every rank's torch CPU (and CUDA) RNG state
         trainer_state.json               step, samples, schedule step, grad-scaler state, every
@@ -15,6 +16,7 @@ Pruning keeps the last `keep_last` checkpoints and the best one. Only rank 0 wri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +27,8 @@ from typing import Any
 import torch
 
 from fvlm.errors import CheckpointError
+from safetensors.torch import save_file
+
 from fvlm.hub import WEIGHTS_NAME, load_weights, read_weights, save_pretrained
 
 STATE_NAME = "trainer_state.json"
@@ -32,6 +36,19 @@ OPTIMIZER_NAME = "optimizer.pt"
 RNG_NAME = "rng.pt"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
+TRAIN_ONLY = "object_head"  # a submodule the trainer adds (trainer/objects.py); never in the model
+HEAD_NAME = f"{TRAIN_ONLY}.safetensors"
+
+
+@contextlib.contextmanager
+def model_only(model: torch.nn.Module):
+    """The model without its training-only submodule for the duration; yields that module or None."""
+    extra = model._modules.pop(TRAIN_ONLY, None)
+    try:
+        yield extra
+    finally:
+        if extra is not None:
+            model._modules[TRAIN_ONLY] = extra
 
 
 @dataclass
@@ -91,7 +108,10 @@ def save(
     tmp = root / f"{TMP_PREFIX}{final.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_pretrained(model, tmp)
+    with model_only(model) as head:
+        save_pretrained(model, tmp)
+    if head is not None:
+        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD_NAME))
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
     torch.save(rng, tmp / RNG_NAME)
     (tmp / STATE_NAME).write_text(json.dumps(asdict(state), indent=1))
@@ -148,7 +168,15 @@ def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     """Load weights and optimizer state from a checkpoint dir; returns its state and RNG states."""
     path = Path(path)
     state = load_state(path)
-    load_weights(model, read_weights(path / WEIGHTS_NAME), source=str(path / WEIGHTS_NAME))
+    with model_only(model) as head:
+        load_weights(model, read_weights(path / WEIGHTS_NAME), source=str(path / WEIGHTS_NAME))
+    if (head is not None) != (path / HEAD_NAME).is_file():
+        raise CheckpointError(
+            f"{path} was written {'without' if head is not None else 'with'} loss.object_weight > 0: "
+            "resume it with the same loss.object_weight setting"
+        )
+    if head is not None:
+        head.load_state_dict(read_weights(path / HEAD_NAME))
     optimizer.load_state_dict(torch.load(path / OPTIMIZER_NAME, map_location="cpu", weights_only=True))
     rng = torch.load(path / RNG_NAME, map_location="cpu", weights_only=True)
     return state, rng

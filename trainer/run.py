@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     dist = D.init()
     try:
         return Trainer(cfg, args, dist).run()
-    except ConfigError as e:  # found once the model or checkpoint is known (e.g. a wrong world size)
+    except FVLMError as e:  # found once data, model or checkpoint are read: bad shards, a wrong world size
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -140,12 +140,12 @@ class Trainer:
         model = build_model(cfg, self.tokenizer)
         self.reference = reference_model(model).to(dist.device) if self.dpo else None
         freeze(model, cfg)
-        if cfg.loss.object_weight > 0:  # the head rides along as a submodule: optimizer, DDP, checkpoints
+        if cfg.loss.object_weight > 0:  # a submodule for the optimizer and DDP; see checkpoint.model_only
             if model.architecture != "foveated":
                 raise ConfigError("config key 'loss.object_weight': object supervision needs the foveated "
                                   f"architecture, not {model.architecture!r}")
             vision = model.config.vision
-            model.object_head = ObjectHead(vision["hidden_size"], vision["patch_size"])
+            setattr(model, ckpt.TRAIN_ONLY, ObjectHead(vision["hidden_size"], vision["patch_size"]))
         self.model = model.to(dist.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.autocast, dtype = autocast_factory(cfg, dist.device)
@@ -471,10 +471,8 @@ class Trainer:
         if not dist.main:
             return
         final_dir = self.run_dir / "final"
-        head = self.model._modules.pop("object_head", None)  # training-only: not part of the model
-        self.model.save_pretrained(final_dir)
-        if head is not None:
-            self.model.object_head = head
+        with ckpt.model_only(self.model):  # the object head is training-only
+            self.model.save_pretrained(final_dir)
         best = {
             "metric": "val_dpo_loss" if self.dpo else "val_loss",
             "value": st.best_metric,
