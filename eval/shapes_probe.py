@@ -3,7 +3,8 @@
 A ShapesQA answer needs two things: the encoder must put the asked-about property into the patch
 features, and the query + LLM must read it out. This separates them. For every visible object in
 every sampled frame of a ShapesQA test set, the encoder's final patch features are averaged over
-the patches the object's box covers, and a multinomial logistic regression (standardised
+the patches its box covers, each weighted by the fraction of it the box covers (objects covering
+less than a quarter patch in all are left out; the trainer's object head pools the same way), and a multinomial logistic regression (standardised
 features, L2, L-BFGS) is fitted to the object's shape and to its colour on 3/4 of the clips and
 scored on the rest (split by clip, so no clip is in both). Two references come with it:
 
@@ -29,10 +30,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fvlm.shapes_eval import box_mask, read_index
+from fvlm.shapes_eval import box_mask, patch_coverage, read_index
 from fvlm.synthetic import COLORS, SHAPES
 
 PIXELS = 12  # side of the raw-pixel reference crop
+MIN_COVERAGE = 0.25  # patches' worth of box an object needs to be probed
 
 
 @torch.no_grad()
@@ -57,19 +59,20 @@ def object_features(model, records: list[dict], progress: bool = True) -> dict:
         if len(r["boxes"]) != T:
             raise ValueError(f"{video}: {T} sampled frames but the index has boxes for {len(r['boxes'])}")
         g = s // p
-        feats = {k: e(pixel_values=px).last_hidden_state[:, 1:].reshape(T, g, g, -1).float().cpu().numpy()
-                 for k, e in encoders.items()}  # [T, g, g, D] each (CLS dropped)
+        feats = {k: e(pixel_values=px).last_hidden_state[:, 1:].float().cpu().numpy()
+                 for k, e in encoders.items()}  # [T, g * g, D] each (CLS dropped)
         pix = px.float().cpu().numpy().transpose(0, 2, 3, 1)  # [T, s, s, 3]
         for t in range(T):
             for o, obj in enumerate(r["objects"]):
                 if not r["visible"][t][o]:
                     continue
-                mask = box_mask(r["boxes"][t][o], (0, 0), r["size"])  # [S, S]: ShapesQA frames are square
-                if not mask.any():
+                box = torch.tensor([r["boxes"][t][o]], dtype=torch.float64) * (s / r["size"])  # frames are square
+                w = patch_coverage(box, g, p)[0].numpy()  # [g * g]
+                if w.sum() < MIN_COVERAGE:
                     continue
-                cell = cv2.resize(mask.astype(np.float32), (g, g), interpolation=cv2.INTER_AREA) > 0  # [g, g]
+                mask = box_mask(r["boxes"][t][o], (0, 0), r["size"])  # [S, S]
                 for k, f in feats.items():
-                    out[k].append(f[t][cell].mean(0))
+                    out[k].append(w @ f[t] / w.sum())
                 ys, xs = np.nonzero(cv2.resize(mask.astype(np.uint8), (s, s), interpolation=cv2.INTER_NEAREST))
                 crop = pix[t, ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
                 out["pixels"].append(cv2.resize(crop, (PIXELS, PIXELS), interpolation=cv2.INTER_AREA).reshape(-1))

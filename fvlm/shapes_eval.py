@@ -29,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .config import MODES
@@ -73,6 +74,19 @@ def box_mask(box, offset: tuple[int, int], s: int) -> np.ndarray:
     x1, y1 = int(np.clip(np.ceil(x1), 0, s)), int(np.clip(np.ceil(y1), 0, s))
     m[y0:y1, x0:x1] = True
     return m
+
+
+def patch_coverage(boxes: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
+    """Fraction of each patch that each box covers: boxes [M, 4] (x0, y0, x1, y1 in model-input
+    pixels) -> [M, grid * grid], patches row-major as the encoder orders them."""
+    edges = torch.arange(grid + 1, device=boxes.device, dtype=boxes.dtype) * patch  # [g + 1]
+    lo, hi = edges[:-1], edges[1:]  # [g]
+
+    def overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [M] -> [M, g]
+        return (torch.minimum(b[:, None], hi) - torch.maximum(a[:, None], lo)).clamp(min=0) / patch
+
+    wx, wy = overlap(boxes[:, 0], boxes[:, 2]), overlap(boxes[:, 1], boxes[:, 3])
+    return (wy[:, :, None] * wx[:, None, :]).flatten(1)  # [M, g * g]
 
 
 def gaze_densities(attention: np.ndarray, boxes: list, target: int, frame_hw: tuple[int, int]

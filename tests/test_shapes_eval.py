@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from fvlm.shapes_eval import evaluate, format_report, gaze_densities, normalize, read_index
+from fvlm.shapes_eval import evaluate, format_report, gaze_densities, normalize, patch_coverage, read_index
 
 
 def test_normalize():
@@ -98,3 +99,11 @@ def test_cli_columns(make_model, tmp_path, capsys, architecture, columns):
                  "--modes", "coarse_only,coarse_fine", "--limit", "4", "--json", str(out)]) == 0
     assert list(json.loads(out.read_text())) == columns
     assert capsys.readouterr().out.splitlines()[0].split() == columns
+
+
+def test_patch_coverage_is_the_covered_fraction():
+    boxes = torch.tensor([[8.0, 0.0, 16.0, 8.0], [4.0, 4.0, 12.0, 12.0], [-8.0, -8.0, -1.0, -1.0]])
+    w = patch_coverage(boxes, grid=2, patch=8)  # [3, 4], row-major patches (0,0) (0,1) (1,0) (1,1)
+    torch.testing.assert_close(w[0], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(w[1], torch.full((4,), 0.25))
+    assert float(w[2].sum()) == 0.0

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from fvlm.errors import CheckpointError
 from safetensors.torch import save_file
 
+from fvlm.errors import CheckpointError
 from fvlm.hub import WEIGHTS_NAME, load_weights, read_weights, save_pretrained
 
 STATE_NAME = "trainer_state.json"

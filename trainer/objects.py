@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
+from fvlm.shapes_eval import patch_coverage
 from fvlm.synthetic import COLORS, SHAPES
 
 COLOR_NAMES = tuple(COLORS)
-MIN_COVERAGE = 0.25  # an object must cover at least a quarter patch to be classified
+MIN_COVERAGE = 0.25  # an object must cover at least a quarter patch to be classified (and probed)
 FIELDS = 6  # x0, y0, x1, y1 (model-input pixels), shape id, colour id; shape id -1 = no object
 
 
@@ -72,18 +73,6 @@ def collate_targets(rows: list[np.ndarray | None], frames: int) -> torch.Tensor:
     return out
 
 
-def patch_weights(boxes: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
-    """Fraction of each patch that each box covers: boxes [M, 4] pixels -> [M, grid * grid]."""
-    edges = torch.arange(grid + 1, device=boxes.device, dtype=boxes.dtype) * patch  # [g + 1]
-    lo, hi = edges[:-1], edges[1:]  # [g]
-
-    def overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [M] -> [M, g]
-        return (torch.minimum(b[:, None], hi) - torch.maximum(a[:, None], lo)).clamp(min=0) / patch
-
-    wx, wy = overlap(boxes[:, 0], boxes[:, 2]), overlap(boxes[:, 1], boxes[:, 3])
-    return (wy[:, :, None] * wx[:, None, :]).flatten(1)  # [M, g * g], row-major like the patches
-
-
 class ObjectHead(nn.Module):
     """Linear shape and colour classifiers on box-pooled final patch features."""
 
@@ -96,13 +85,13 @@ class ObjectHead(nn.Module):
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """features [F, N, D] (CLS first, then a square patch grid), targets [F, K, 6] -> loss."""
-        Fr, N, D = features.shape
-        grid = int(round((N - 1) ** 0.5))
+        Fr, N, _ = features.shape
+        grid = round((N - 1) ** 0.5)
         if grid * grid != N - 1:
             raise ValueError(f"object supervision needs CLS + a square patch grid, got {N} tokens")
         flat = targets.reshape(-1, FIELDS)  # [F * K, 6]
         frame = torch.arange(Fr, device=features.device).repeat_interleave(targets.shape[1])  # [F * K]
-        w = patch_weights(flat[:, :4].float(), grid, self.patch_size)  # [F * K, g * g]
+        w = patch_coverage(flat[:, :4].float(), grid, self.patch_size)  # [F * K, g * g]
         keep = (flat[:, 4] >= 0) & (w.sum(1) >= MIN_COVERAGE)
         if not bool(keep.any()):
             self.stats = {"objects": 0.0}
