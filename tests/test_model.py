@@ -53,6 +53,28 @@ def test_modes_give_finite_loss_and_gradients(make_model, mode):
     assert model.dino_to_llm.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_patch_loss_sees_the_real_frames_features_and_adds_to_the_loss(make_model, mode):
+    model = make_model()
+    batch = collate([make_sample(model, 3, seed=1), make_sample(model, 2, "How many?", "two", seed=2)])
+    seen = []
+
+    def patch_loss(features):  # [n_real, N, D]
+        seen.append(features)
+        return features.pow(2).mean()
+
+    plain = model(batch, mode=mode)
+    out = model(batch, mode=mode, patch_loss=patch_loss)
+    expected = model.encoder.encode_patches(batch.pixel_values[batch.frame_mask]).features
+    assert len(seen) == 1 and seen[0].shape == expected.shape and seen[0].shape[0] == 5
+    torch.testing.assert_close(seen[0], expected)
+    torch.testing.assert_close(out.aux, expected.pow(2).mean())
+    torch.testing.assert_close(out.loss, plain.loss + out.aux)
+    assert plain.aux is None
+    text_only = collate([make_sample(model, 0, seed=3)])
+    assert model(text_only, mode=mode, patch_loss=patch_loss).aux is None and len(seen) == 1
+
+
 def test_unknown_mode_is_an_error(make_model):
     model = make_model()
     batch = collate([make_sample(model, 2)])
