@@ -30,11 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fvlm.shapes_eval import box_mask, patch_coverage, read_index
+from fvlm.shapes_eval import MIN_COVERAGE, box_mask, patch_coverage, read_index
 from fvlm.synthetic import COLORS, SHAPES
 
 PIXELS = 12  # side of the raw-pixel reference crop
-MIN_COVERAGE = 0.25  # patches' worth of box an object needs to be probed
 
 
 @torch.no_grad()

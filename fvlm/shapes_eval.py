@@ -76,6 +76,9 @@ def box_mask(box, offset: tuple[int, int], s: int) -> np.ndarray:
     return m
 
 
+MIN_COVERAGE = 0.25  # patches' worth of box an object needs to be pooled (object head, probe)
+
+
 def patch_coverage(boxes: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
     """Fraction of each patch that each box covers: boxes [M, 4] (x0, y0, x1, y1 in model-input
     pixels) -> [M, grid * grid], patches row-major as the encoder orders them."""

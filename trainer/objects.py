@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fvlm.shapes_eval import patch_coverage
+from fvlm.shapes_eval import MIN_COVERAGE, patch_coverage
 from fvlm.synthetic import COLORS, SHAPES
 
 COLOR_NAMES = tuple(COLORS)
-MIN_COVERAGE = 0.25  # an object must cover at least a quarter patch to be classified (and probed)
 FIELDS = 6  # x0, y0, x1, y1 (model-input pixels), shape id, colour id; shape id -1 = no object
 
 
