@@ -172,12 +172,13 @@ class Trainer:
         self.total_samples = total
         self.total_steps = max(1, total // self.effective_batch)
 
-        self.decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo, cfg.loss.object_weight > 0)
+        self.decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo)  # validation
+        train_decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo, cfg.loss.object_weight > 0)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         positions = self.state.positions
         position = positions[dist.rank] if positions else None
         self.dataset = TrainStream(
-            cfg.data, self.decoder, self.pad_id, cfg.run.seed, dist.rank, dist.world, position
+            cfg.data, train_decoder, self.pad_id, cfg.run.seed, dist.rank, dist.world, position
         )
         self.position = copy.deepcopy(self.dataset.position)
         self.val_shards = (
