@@ -57,6 +57,7 @@ class FoveatedEncoder(nn.Module):
         self.num_heads = vision_config.num_attention_heads
         self.head_dim = D // self.num_heads
         self.deep_query = deep_query
+        self.attention_backend: str | None = None  # None: fvlm.attention picks; "torch" for grads through probs
         self.query_input_proj = nn.Linear(query_dim, D, bias=False)
         self.output_proj = nn.Linear(D, D)
 
@@ -109,14 +110,15 @@ class FoveatedEncoder(nn.Module):
             last = self.layers[-1]
             q_proj = attention_parts(last)[0]
             q = q_proj(last.norm1(x)).view(F_, H, d)
-            res = query_attention(q, *cache.shallow_kv, return_probs=return_attention)
+            res = query_attention(q, *cache.shallow_kv, return_probs=return_attention,
+                                  backend=self.attention_backend)
             x = res.out.reshape(F_, D)
             probs.append(res.probs)
         else:
             for layer, (k, v) in zip(self.layers, cache.kv):
                 q_proj, _, _, o_proj = attention_parts(layer)
                 q = q_proj(layer.norm1(x)).view(F_, H, d)  # [F, H, d]
-                res = query_attention(q, k, v, return_probs=return_attention)
+                res = query_attention(q, k, v, return_probs=return_attention, backend=self.attention_backend)
                 x = x + layer.drop_path(layer.layer_scale1(o_proj(res.out.reshape(F_, D))))
                 x = x + layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(x))))
                 probs.append(res.probs)

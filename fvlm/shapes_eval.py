@@ -9,6 +9,9 @@ Foveation is measured on the attention maps of records that name a target object
   (1.0 = spread evenly; attending to any salient object already raises it)
 - selectivity   = density inside the target's box / density inside the other objects' boxes
   (1.0 = the question does not steer the gaze toward the object it asks about)
+- mass          = the fraction of the attention inside the target's box (concentration x the box's
+  share of the frame): what the frame's one token is made of. A concentration of 8 on a box that
+  covers 3 % of the frame still leaves three quarters of the token to everything else.
 
 Densities are averaged over the frames where the target is visible (selectivity: where another
 object is visible too) and the ratio is taken of those means (robust to frames where almost no
@@ -113,6 +116,13 @@ def gaze_densities(attention: np.ndarray, boxes: list, target: int, frame_hw: tu
     return float(dens[tgt].mean()), (float(dens[others].mean()) if others.sum() >= 4 else None)
 
 
+def box_fraction(box, frame_hw: tuple[int, int]) -> float:
+    """The share of the centre crop that a frame-space box covers (0 when outside it)."""
+    H, W = frame_hw
+    s = min(H, W)
+    return float(box_mask(box, ((W - s) // 2, (H - s) // 2), s).mean())
+
+
 def _mean(xs: list[float]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
@@ -124,6 +134,7 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
         correct: dict[str, list[bool]] = defaultdict(list)  # "qtype" and "difficulty/qtype"
         single: dict[str, list[bool]] = defaultdict(list)  # qtype, clips with exactly one object
         conc: dict[str, list[float]] = defaultdict(list)  # target density, every frame
+        mass: dict[str, list[float]] = defaultdict(list)  # attention mass inside the target's box
         pair: dict[str, list[tuple[float, float]]] = defaultdict(list)  # (target, others) density
         bar = tqdm(range(0, len(records), batch_size), desc=f"eval {mode}", disable=not progress,
                    file=sys.stderr)
@@ -150,10 +161,12 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
                 for f in range(len(out.timestamps)):
                     if not r["visible"][f][r["target"]]:
                         continue
+                    area = box_fraction(r["boxes"][f][r["target"]], hw)
                     for name, m in maps.items():
                         d_tgt, d_oth = gaze_densities(m[f], r["boxes"][f], r["target"], hw)
                         if d_tgt is not None:
                             conc[name].append(d_tgt)
+                            mass[name].append(d_tgt * area)
                         if d_oth is not None:
                             pair[name].append((d_tgt, d_oth))
         scored = [x for q, v in correct.items() if "/" not in q for x in v]
@@ -168,6 +181,7 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
             "accuracy_by_qtype": {q: _mean(v) for q, v in sorted(correct.items())},
             "accuracy_single_object": {q: _mean(v) for q, v in sorted(single.items())},
             "concentration": {k: _mean(v) for k, v in conc.items()},
+            "mass": {k: _mean(v) for k, v in mass.items()},
             "selectivity": {k: float(np.mean([t for t, _ in v]) / max(np.mean([o for _, o in v]), 1e-12))
                             for k, v in pair.items()},
         }
@@ -192,9 +206,9 @@ def format_report(report: dict) -> str:
         lines.append(f"{'  1 object: ' + q:22}" + "".join(
             f"{pct(report[m]['accuracy_single_object'].get(q)):>16}" for m in modes))
     keys = [k for k in report[modes[0]]["selectivity"]] or [k for k in report[modes[0]]["concentration"]]
-    for metric in ("concentration", "selectivity"):
+    for metric in ("concentration", "selectivity", "mass"):
         for k in keys:
-            lines.append(f"{metric[:5] + ' ' + k:22}" + "".join(f"{num(report[m][metric].get(k)):>16}"
+            lines.append(f"{metric[:5] + ' ' + k:22}" + "".join(f"{num(report[m].get(metric, {}).get(k)):>16}"
                                                              for m in modes))
     return "\n".join(lines)
 

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from fvlm.shapes_eval import evaluate, format_report, gaze_densities, normalize, patch_coverage, read_index
+from fvlm.shapes_eval import (
+    box_fraction,
+    evaluate,
+    format_report,
+    gaze_densities,
+    normalize,
+    patch_coverage,
+    read_index,
+)
 
 
 def test_normalize():
@@ -38,6 +46,13 @@ def test_gaze_densities_use_the_centre_crop():
     assert c == pytest.approx(4.0)
 
 
+def test_box_fraction_is_the_boxs_share_of_the_centre_crop():
+    assert box_fraction([0, 0, 32, 32], (128, 128)) == pytest.approx(1 / 16)
+    assert box_fraction([0, 0, 32, 32], (64, 128)) == 0.0  # left of the crop (x 32..96)
+    assert box_fraction([32, 0, 64, 64], (64, 128)) == pytest.approx(0.5)
+    assert box_fraction(None, (64, 64)) == 0.0
+
+
 def test_evaluate_end_to_end(make_model, tmp_path):
     from fvlm.synthetic import make_shapes
 
@@ -51,6 +66,8 @@ def test_evaluate_end_to_end(make_model, tmp_path):
         assert 0.0 <= r["accuracy"] <= 1.0
         if any(x["target"] is not None for x in records):
             assert {"shown", "layer_mean", "layer0", "layer1"} <= set(r["concentration"])
+            for k, m in r["mass"].items():  # a share of the map, below the density ratio
+                assert 0.0 <= m <= 1.0 and m <= r["concentration"][k] + 1e-9
     text = format_report(report)
     assert "accuracy (all)" in text and "selec" in text
     json.dumps(report)  # serialisable

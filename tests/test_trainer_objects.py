@@ -168,7 +168,7 @@ def test_decoder_gives_targets_for_the_kept_frames_and_skips_samples_without_obj
     with pytest.raises(CorruptSample, match="numbered frame members"):
         decoder(RawSample("x/img", plain))
     broken = dict(raw.members, json=json.dumps({**meta, "objects": []}).encode())
-    with pytest.raises(CorruptSample, match="loss.object_weight needs them"):
+    with pytest.raises(CorruptSample, match="loss.object_weight / gaze_weight need them"):
         decoder(RawSample("x/broken", broken))
 
 

@@ -106,6 +106,7 @@ class LossConfig:
     type: str = "ce"  # ce (stage 1: all tokens, 2-3: answer only) | dpo (stage 3)
     beta: float = 0.1
     object_weight: float = 0.0  # > 0: object supervision of the encoder (trainer/objects.py)
+    gaze_weight: float = 0.0  # > 0: pull the fine query's attention onto the asked-about object (trainer/gaze.py)
 
 
 @dataclass
@@ -427,6 +428,13 @@ def validate(cfg: Config) -> None:
         raise bad("loss.object_weight", f"{cfg.loss.object_weight} must be >= 0")
     if cfg.loss.object_weight > 0 and cfg.loss.type == "dpo":
         raise bad("loss.object_weight", "object supervision works with the ce loss, not dpo")
+    if cfg.loss.gaze_weight < 0:
+        raise bad("loss.gaze_weight", f"{cfg.loss.gaze_weight} must be >= 0")
+    if cfg.loss.gaze_weight > 0 and cfg.loss.type == "dpo":
+        raise bad("loss.gaze_weight", "gaze supervision works with the ce loss, not dpo")
+    if cfg.loss.gaze_weight > 0 and set(cfg.mode_probs) == {"coarse_only"}:
+        raise bad("loss.gaze_weight", "coarse_only training has no query to steer (the static query sees "
+                  "no question); train coarse_fine or autoregressive, or set it to 0")
     if cfg.loss.type == "dpo" and cfg.stage != 3:
         raise bad("loss.type", f"dpo is a stage-3 loss (stage is {cfg.stage})")
     if cfg.loss.type == "dpo" and d.text_ratio > 0:

@@ -236,7 +236,8 @@ class Decoded:
     key: str
     samples: tuple[Sample, ...]  # (sample,) or, for DPO, (chosen, rejected)
     frames: int
-    objects: np.ndarray | None = None  # [T, K, 6] object targets (loss.object_weight > 0)
+    objects: np.ndarray | None = None  # [T, K, 6] object targets (loss.object_weight / gaze_weight > 0)
+    target: int = -1  # the object the question is about (JSON `target`; -1 = none), for gaze_weight > 0
 
 
 class Decoder:
@@ -260,15 +261,19 @@ class Decoder:
         longest = max(len(s.chat) for s in samples) + n * self.per_frame
         if longest > self.context:
             raise CorruptSample("too_long", f"{raw.key}: {longest} tokens > LLM context {self.context}")
-        objects = None
+        objects, target = None, -1
         if self.objects and frames is not None:
             if numbers is None:
                 raise CorruptSample("no_objects", f"{raw.key}: object targets need numbered frame members")
             try:
                 objects = object_targets(meta, numbers, frames.shape[1:3], self.config.image_size)
             except ObjectLabelError as e:
-                raise CorruptSample("no_objects", f"{raw.key}: {e} (loss.object_weight needs them)") from e
-        return Decoded(raw.key, samples, n, objects)
+                raise CorruptSample("no_objects", f"{raw.key}: {e} (loss.object_weight / gaze_weight "
+                                    "need them)") from e
+            t = meta.get("target")
+            if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < objects.shape[1]:
+                target = t
+        return Decoded(raw.key, samples, n, objects, target)
 
     def _json(self, raw: RawSample) -> dict:
         if "json" not in raw.members:
@@ -350,7 +355,8 @@ class TrainBatch:
     kind: str  # "train" | "text" (text retention) | "eval"
     worker: int = 0  # logical worker that made it
     state: dict = field(default_factory=dict)  # that worker's position after this batch
-    objects: torch.Tensor | None = None  # [B, T, K, 6] object targets (loss.object_weight > 0)
+    objects: torch.Tensor | None = None  # [B, T, K, 6] object targets (loss.object_weight / gaze_weight > 0)
+    target: torch.Tensor | None = None  # [B] long, the asked-about object (-1 = none), with `objects`
 
     @property
     def size(self) -> int:
@@ -358,8 +364,9 @@ class TrainBatch:
 
     def pin_memory(self) -> TrainBatch:
         pinned = Batch(**{f.name: getattr(self.batch, f.name).pin_memory() for f in fields(Batch)})
-        objects = self.objects.pin_memory() if self.objects is not None else None
-        return TrainBatch(pinned, self.keys, self.kind, self.worker, self.state, objects)
+        pin = lambda t: None if t is None else t.pin_memory()
+        return TrainBatch(pinned, self.keys, self.kind, self.worker, self.state, pin(self.objects),
+                          pin(self.target))
 
 
 class Batcher:
@@ -519,11 +526,12 @@ class TrainStream(IterableDataset):
                 "skipped": dict(stream.skipped),
             }
             batch = source.collate(decoded)
-            objects = None
+            objects = target = None
             if self.decoder.objects and not use_text:
                 objects = collate_targets([x.objects for x in decoded], batch.frame_mask.shape[1])
+                target = torch.tensor([x.target for x in decoded], dtype=torch.long)
             yield TrainBatch(batch, [x.key for x in decoded], "text" if use_text else "train", worker,
-                             state, objects)
+                             state, objects, target)
 
 
 def new_position(world: int, workers: int) -> dict:

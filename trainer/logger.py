@@ -44,6 +44,8 @@ COLUMNS = [
     "loss_objects",
     "object_shape_acc",
     "object_color_acc",
+    "loss_gaze",
+    "gaze_mass",
     "dpo_reward_acc",
     "dpo_margin",
     "dpo_chosen_reward",
@@ -157,6 +159,8 @@ def line(step: int, total: int, m: dict[str, Any]) -> str:
     if m.get("loss_objects") is not None:
         parts.append(f"objects {m['loss_objects']:.3f} (shape {m['object_shape_acc']:.2f} "
                      f"colour {m['object_color_acc']:.2f})")
+    if m.get("loss_gaze") is not None:
+        parts.append(f"gaze {m['loss_gaze']:.3f} (mass {m['gaze_mass']:.2f})")
     if m.get("dpo_reward_acc") is not None:
         parts.append(f"reward acc {m['dpo_reward_acc']:.2f} margin {m['dpo_margin']:.3f}")
     lrs = " ".join(

@@ -40,6 +40,7 @@ from .data import Decoder, EvalStream, TrainStream, advance, expand_shards, load
 from .dpo import dpo_step, reference_model
 from .evaluate import evaluate
 from .flops import sample_flops, samples_for_budget
+from .gaze import gaze_loss, target_rows
 from .logger import RunLogger, line
 from .objects import ObjectHead
 from .optim import build_optimizer, set_lrs, warmup_steps
@@ -146,6 +147,11 @@ class Trainer:
                                   f"architecture, not {model.architecture!r}")
             vision = model.config.vision
             setattr(model, ckpt.TRAIN_ONLY, ObjectHead(vision["hidden_size"], vision["patch_size"]))
+        if cfg.loss.gaze_weight > 0:
+            if model.architecture != "foveated":
+                raise ConfigError("config key 'loss.gaze_weight': gaze supervision needs the foveated "
+                                  f"architecture, not {model.architecture!r}")
+            model.encoder.attention_backend = "torch"  # the Triton kernel gives no gradient through probs
         self.model = model.to(dist.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.autocast, dtype = autocast_factory(cfg, dist.device)
@@ -173,7 +179,8 @@ class Trainer:
         self.total_steps = max(1, total // self.effective_batch)
 
         self.decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo)  # validation
-        train_decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo, cfg.loss.object_weight > 0)
+        targets = cfg.loss.object_weight > 0 or cfg.loss.gaze_weight > 0
+        train_decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo, targets)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         positions = self.state.positions
         position = positions[dist.rank] if positions else None
@@ -313,6 +320,7 @@ class Trainer:
             # sums over micro-batches: loss, fine, coarse, coarse count, samples, text batches, dpo x4
             acc = torch.zeros(10, dtype=torch.float64)
             objects = torch.zeros(4, dtype=torch.float64)  # loss, shape acc, colour acc, batches
+            gaze = torch.zeros(3, dtype=torch.float64)  # loss, mass inside the box, batches
             for micro in range(accum):
                 tb = next(batches)
                 advance(self.position, tb)
@@ -340,9 +348,17 @@ class Trainer:
                                 ]
                             )
                         else:
-                            out = self.net(batch, mode=mode, measure_coarse=measure,
+                            steer = cfg.loss.gaze_weight > 0 and mode != "coarse_only" and tb.target is not None
+                            out = self.net(batch, mode=mode, measure_coarse=measure, return_attention=steer,
                                            patch_loss=self._object_loss(tb, batch))
                             loss = out.loss
+                            if steer:
+                                rows = target_rows(tb.objects, tb.target).to(dist.device)[batch.frame_mask]
+                                g, stats = gaze_loss(out.attention, rows, self.model.config.vision["patch_size"])
+                                loss = loss + cfg.loss.gaze_weight * g
+                                if stats["frames"]:
+                                    gaze += torch.tensor([float(g.detach()), stats["mass"], 1.0],
+                                                         dtype=torch.float64)
                             if out.aux is not None and self.model.object_head.stats.get("objects"):
                                 head = self.model.object_head.stats
                                 objects += torch.tensor([float(out.aux.detach()), head["shape_acc"],
@@ -364,6 +380,8 @@ class Trainer:
             D.all_reduce_sum(dist, acc)
             if cfg.loss.object_weight > 0:
                 D.all_reduce_sum(dist, objects)
+            if cfg.loss.gaze_weight > 0:
+                D.all_reduce_sum(dist, gaze)
             st.step += 1
             st.samples += int(acc[4])
             bar.update(1)
@@ -403,6 +421,9 @@ class Trainer:
                         m["loss_objects"] = float(objects[0] / objects[3])
                         m["object_shape_acc"] = float(objects[1] / objects[3])
                         m["object_color_acc"] = float(objects[2] / objects[3])
+                    if gaze[2] > 0:
+                        m["loss_gaze"] = float(gaze[0] / gaze[2])
+                        m["gaze_mass"] = float(gaze[1] / gaze[2])
                 last_train = m
                 if dist.main:
                     self.logger.log("train", st.step, m)
@@ -425,7 +446,7 @@ class Trainer:
 
     def _object_loss(self, tb, batch):
         """The patch_loss closure of a batch: weighted object supervision, or None."""
-        if tb.objects is None:
+        if tb.objects is None or self.cfg.loss.object_weight <= 0:
             return None
         targets = tb.objects.to(self.dist.device)[batch.frame_mask]  # [n_real, K, 6]
         head, weight = self.model.object_head, self.cfg.loss.object_weight
