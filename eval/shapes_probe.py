@@ -15,6 +15,16 @@ scored on the rest (split by clip, so no clip is in both). Two references come w
 If `pixels` is high and the trained encoder is no better than `random`, the encoder has not learned
 the property and no amount of foveation can answer questions about it.
 
+For a foveated model it then probes the read-out: the frame's one visual token (the vector the LLM
+reads, before its projection), for every shape / colour question and every frame where the object
+asked about is visible, labelled with that object's shape and colour:
+
+- `token (fine)`: the token of the coarse_fine query made from the question, as the model answers;
+- `token (coarse)`: the token of the static coarse query, the same for every question.
+
+If the encoder sees a property but the fine token does not carry it, the gaze or the query's
+read-out loses it before the LLM can answer.
+
     python -m eval.shapes_probe [MODEL_DIR] --index data/shapes128e/test/index.jsonl [--json OUT]
 """
 
@@ -81,6 +91,32 @@ def object_features(model, records: list[dict], progress: bool = True) -> dict:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+@torch.no_grad()
+def token_features(model, records: list[dict], progress: bool = True) -> dict:
+    """Per (shape / colour question, frame where its target is visible): the fine and coarse visual
+    tokens, the target's shape and colour, and the clip's number. Returns arrays keyed by name."""
+    records = [r for r in records if r["qtype"] in ("shape", "color") and r.get("target") is not None]
+    clips = {v: i for i, v in enumerate(dict.fromkeys(r["video"] for r in records))}
+    out: dict[str, list] = {"token_fine": [], "token_coarse": [], "shape": [], "color": [], "clip": []}
+    for r in tqdm(records, desc="probe tokens", disable=not progress, file=sys.stderr):
+        batch = model.collate([model.sample(model.clip(r["video"]), r["question"])], for_generation=True)
+        batch = batch.to(model.device)
+        tokens = {k: model.visual_tokens(batch, mode).float().cpu().numpy()  # [T, D]
+                  for k, mode in (("token_fine", "coarse_fine"), ("token_coarse", "coarse_only"))}
+        if len(r["visible"]) != len(tokens["token_fine"]):
+            raise ValueError(f"{r['video']}: {len(tokens['token_fine'])} sampled frames but the index has "
+                             f"{len(r['visible'])}")
+        obj = r["objects"][r["target"]]
+        for t, seen in enumerate(r["visible"]):
+            if seen[r["target"]]:
+                for k, z in tokens.items():
+                    out[k].append(z[t])
+                out["shape"].append(SHAPES.index(obj["shape"]))
+                out["color"].append(list(COLORS).index(obj["color"]))
+                out["clip"].append(clips[r["video"]])
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
 def linear_probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, classes: int, l2: float = 1e-3) -> float:
     """Test accuracy of a multinomial logistic regression fitted on x[train] ([n, D] features)."""
     x = torch.as_tensor(x, dtype=torch.float64)
@@ -115,6 +151,15 @@ def probe(model, records: list[dict], progress: bool = True) -> dict:
               for k in ("trained", "random", "pixels")}
     report["majority"] = {lab: float(np.bincount(d[lab][~train]).max() / (~train).sum()) for lab in n_cls}
     report["n_train"], report["n_test"] = int(train.sum()), int((~train).sum())
+    if model.architecture == "foveated":
+        tok = token_features(model, records, progress)
+        train = tok["clip"] % 4 != 0
+        if train.any() and not train.all():
+            for k in ("token_fine", "token_coarse"):
+                report[k] = {lab: linear_probe(tok[k], tok[lab], train, n_cls[lab]) for lab in n_cls}
+            report["token_majority"] = {lab: float(np.bincount(tok[lab][~train]).max() / (~train).sum())
+                                        for lab in n_cls}
+            report["token_n_train"], report["token_n_test"] = int(train.sum()), int((~train).sum())
     return report
 
 
@@ -124,6 +169,12 @@ def format_report(report: dict) -> str:
                      ("pixels", f"raw pixels {PIXELS}x{PIXELS}"), ("majority", "majority class")):
         lines.append(f"{label:22}{100 * report[k]['shape']:9.1f}%{100 * report[k]['color']:9.1f}%")
     lines.append(f"object-frames: {report['n_train']} fit / {report['n_test']} scored (held-out clips)")
+    if "token_fine" in report:
+        for k, label in (("token_fine", "token (fine)"), ("token_coarse", "token (coarse)"),
+                         ("token_majority", "majority class")):
+            lines.append(f"{label:22}{100 * report[k]['shape']:9.1f}%{100 * report[k]['color']:9.1f}%")
+        lines.append(f"question-frames: {report['token_n_train']} fit / {report['token_n_test']} scored "
+                     "(the token read for a shape / colour question, labelled with its object)")
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from . import fast
 from .batch import Batch
 from .config import FVLMConfig
 from .encoder import FoveatedEncoder, PatchCache
+from .errors import InputError
 from .sequence import LLMInput, assemble, positions
 from .vlm import Prefill, VLMBase, VLMOutput, hf_config
 
@@ -96,6 +97,22 @@ class FoveatedVLM(VLMBase):
         has_prefix = batch.prefix_mask[:, -1] if P > 0 else torch.zeros_like(batch.frame_mask[:, 0])
         q0 = torch.where(has_prefix[:, None], q[:, 0], self.q_init.to(q.dtype))
         return torch.cat([q0[:, None], q[:, 1:]], dim=1)
+
+    @torch.no_grad()
+    def visual_tokens(self, batch: Batch, mode: str = "coarse_fine") -> torch.Tensor:
+        """The one token per real frame that the LLM reads, before the projection into its
+        embedding space: z [n_real, D] (row-major over [B, T]), for coarse_only (static query) or
+        coarse_fine (the fine queries made from the coarse pass over the prompt). For analysis,
+        e.g. eval/shapes_probe.py's probe of what a token carries."""
+        if mode not in ("coarse_only", "coarse_fine"):
+            raise InputError(f"visual_tokens supports coarse_only and coarse_fine, not {mode!r}")
+        cache = self.encode_frames(batch)
+        z, _ = self.encoder.query_attend(self._static_queries(cache.num_frames), cache)
+        if mode == "coarse_fine":
+            inp = self._inputs(batch, self._scatter(self.project(z), batch.frame_mask), with_suffix=False)
+            hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
+            z, _ = self.encoder.query_attend(self._fine_queries(hidden, batch)[batch.frame_mask], cache)
+        return z
 
     # ---- training / scoring forward -----------------------------------------------------------
     def forward(

@@ -75,6 +75,22 @@ def test_patch_loss_sees_the_real_frames_features_and_adds_to_the_loss(make_mode
     assert model(text_only, mode=mode, patch_loss=patch_loss).aux is None and len(seen) == 1
 
 
+def test_visual_tokens_follow_the_question_only_in_coarse_fine(make_model):
+    model = make_model(seed=5)
+    a = collate([make_sample(model, 3, seed=1)])
+    b = collate([make_sample(model, 3, "What shape is the red object?", seed=1)])  # same frames
+    both = collate([make_sample(model, 3, seed=1), make_sample(model, 2, "How many?", seed=2)])
+    for mode in ("coarse_only", "coarse_fine"):
+        z = model.visual_tokens(a, mode)
+        assert z.shape == (3, model.encoder.dino.config.hidden_size)
+        alone = model.visual_tokens(collate([make_sample(model, 2, "How many?", seed=2)]), mode)
+        torch.testing.assert_close(model.visual_tokens(both, mode), torch.cat([z, alone]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.visual_tokens(a, "coarse_only"), model.visual_tokens(b, "coarse_only"))
+    assert not torch.allclose(model.visual_tokens(a, "coarse_fine"), model.visual_tokens(b, "coarse_fine"))
+    with pytest.raises(InputError, match="visual_tokens supports"):
+        model.visual_tokens(a, "autoregressive")
+
+
 def test_unknown_mode_is_an_error(make_model):
     model = make_model()
     batch = collate([make_sample(model, 2)])

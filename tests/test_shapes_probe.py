@@ -34,6 +34,10 @@ def test_probe_end_to_end(make_model, tmp_path):
     assert report["n_train"] > report["n_test"] > 0
     assert report["pixels"]["color"] > report["majority"]["color"]  # colour is in the raw pixels
     assert "raw pixels" in format_report(report)
+    for k in ("token_fine", "token_coarse", "token_majority"):  # the read-out probe of a foveated model
+        assert set(report[k]) == {"shape", "color"} and all(0.0 <= v <= 1.0 for v in report[k].values())
+    assert report["token_n_train"] > report["token_n_test"] > 0
+    assert "token (fine)" in format_report(report)
 
 
 def test_cli_writes_json(make_model, tmp_path, capsys):
