@@ -479,14 +479,14 @@ def prefill(model: torch.nn.Module, batch: Batch, mode: str, return_attention: b
         return _autoregressive(r, batch, return_attention, on_step)
     fm = batch.frame_mask
     cache = model.encode_frames(batch)
-    vis_c, probs_c = model._visual(model._static_queries(cache.num_frames), cache, fm, return_attention)
+    vis_c, probs_c, _ = model._visual(model._static_queries(cache.num_frames), cache, fm, return_attention)
     probs = coarse = None
     if mode == "coarse_fine":  # the coarse pass over [prefix, coarse tokens] in a scratch state
         inp_c = model._inputs(batch, vis_c, with_suffix=False)
         scratch = r.acquire(batch.batch_size, bucket(inp_c.mask.shape[1]))
         hidden_c = scratch.forward(inp_c.embeds, inp_c.mask)
         del scratch
-        vis, probs = model._visual(model._fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
+        vis, probs, _ = model._visual(model._fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
         coarse = probs_c
     else:
         vis, probs = vis_c, probs_c

@@ -68,10 +68,11 @@ class FoveatedVLM(VLMBase):
         return out
 
     def _visual(self, queries: torch.Tensor, cache: PatchCache, frame_mask: torch.Tensor,
-                return_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """queries [n_real, qd] -> visual embeddings [B, T, d_llm] (+ probs [n_real, L, H, N])."""
+                return_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """queries [n_real, qd] -> visual embeddings [B, T, d_llm] (+ probs [n_real, L, H, N]),
+        and the tokens z [n_real, D] they were projected from."""
         z, probs = self.encoder.query_attend(queries, cache, return_attention)
-        return self._scatter(self.project(z), frame_mask), probs
+        return self._scatter(self.project(z), frame_mask), probs, z
 
     def _static_queries(self, n: int) -> torch.Tensor:
         return self.q_static.expand(n, -1)
@@ -123,6 +124,7 @@ class FoveatedVLM(VLMBase):
         return_attention: bool = False,
         return_hidden: bool = False,
         patch_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        return_tokens: bool = False,
     ) -> VLMOutput:
         """Text loss of `batch` under `mode` (see the module docstring).
 
@@ -130,6 +132,8 @@ class FoveatedVLM(VLMBase):
         always computed when config.lambda_coarse > 0 and then added to the loss.
         patch_loss: a training-only extra loss of the final patch features [n_real, N, D] (the
         trainer's object supervision); added to the loss and kept in out.aux. Unused without frames.
+        return_tokens: keep the mode's visual tokens z [n_real, D] (before the projection) in
+        out.tokens, for a training-only loss on what the tokens carry.
         """
         self.check_mode(mode)
         fm = batch.frame_mask
@@ -146,25 +150,26 @@ class FoveatedVLM(VLMBase):
             cache = self.encode_frames(batch)
             run = self._autoregressive(batch, cache, return_attention=return_attention)
             hidden, inp, probs = run["hidden"], run["input"], run["attention"]
-            out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs)
+            out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs, tokens=run["tokens"])
             out.loss = out.text.loss
         else:
             cache = self.encode_frames(batch)
-            vis_c, probs_c = self._visual(self._static_queries(cache.num_frames), cache, fm, return_attention)
+            static = self._static_queries(cache.num_frames)
+            vis_c, probs_c, z_c = self._visual(static, cache, fm, return_attention)
             inp_c = self._inputs(batch, vis_c, with_suffix=(mode == "coarse_only" or measure_coarse
                                                             or self.config.lambda_coarse > 0))
             hidden_c = self.decoder(inp_c.embeds, inp_c.mask, inp_c.position_ids)
             if mode == "coarse_only":
                 hidden, inp, probs = hidden_c, inp_c, probs_c
-                out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs)
+                out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs, tokens=z_c)
                 out.loss = out.text.loss
             else:
                 queries = self._fine_queries(hidden_c, batch)[fm]  # [n_real, qd]
-                vis_f, probs = self._visual(queries, cache, fm, return_attention)
+                vis_f, probs, z_f = self._visual(queries, cache, fm, return_attention)
                 inp = self._inputs(batch, vis_f)
                 hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
                 out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs,
-                                coarse_attention=probs_c)
+                                coarse_attention=probs_c, tokens=z_f)
                 out.loss = out.text.loss
                 if inp_c.labels.shape[1] == inp.labels.shape[1]:  # the coarse pass saw the suffix
                     out.coarse = self.loss(hidden_c, inp_c.labels)
@@ -175,6 +180,8 @@ class FoveatedVLM(VLMBase):
             out.loss = out.loss + out.aux
         if return_hidden:
             out.hidden, out.labels = hidden, inp.labels
+        if not return_tokens:
+            out.tokens = None
         return out
 
     def _autoregressive(
@@ -192,7 +199,7 @@ class FoveatedVLM(VLMBase):
         fm = batch.frame_mask
         row = (fm.flatten().long().cumsum(0) - 1).view(B, T)  # frame (b, t) -> cache row
         kv = self.new_cache() if use_cache else None
-        hiddens, tokens, probs = [], [], []
+        hiddens, tokens, probs, zs = [], [], [], []
         last = None  # [B, d] hidden state of the slot before the next frame
         if batch.prefix_ids.shape[1] > 0:
             emb = self.embed(batch.prefix_ids) * batch.prefix_mask[..., None]
@@ -207,6 +214,7 @@ class FoveatedVLM(VLMBase):
             z, p = self.encoder.query_attend(q[real], cache.select(row[real, t]), return_attention)
             tokens.append(self._scatter(self.project(z), real))  # [B, d]
             probs.append(p)
+            zs.append(z)
             visual = torch.stack(tokens, dim=1)  # [B, t+1, d]
             if use_cache:
                 mask = torch.cat([batch.prefix_mask, fm[:, : t + 1]], dim=1)
@@ -229,12 +237,15 @@ class FoveatedVLM(VLMBase):
             if S > 0:
                 hiddens.append(self.decoder(inp.embeds[:, -S:], inp.mask, inp.position_ids[:, -S:], kv))
             hidden = torch.cat(hiddens, dim=1)
-        attention = None
-        if return_attention and T > 0:
+        attention = z_rows = None
+        if T > 0:
             order = torch.cat([row[fm[:, t], t] for t in range(T)])  # step order -> cache rows
-            attention = torch.empty_like(torch.cat(probs))
-            attention[order] = torch.cat(probs)
-        return {"hidden": hidden, "input": inp, "attention": attention, "cache": kv}
+            z_rows = torch.empty_like(torch.cat(zs))  # [n_real, D] in row-major frame order
+            z_rows[order] = torch.cat(zs)
+            if return_attention:
+                attention = torch.empty_like(torch.cat(probs))
+                attention[order] = torch.cat(probs)
+        return {"hidden": hidden, "input": inp, "attention": attention, "cache": kv, "tokens": z_rows}
 
     # ---- generation ---------------------------------------------------------------------------
     def _prefill(self, batch: Batch, mode: str, return_attention: bool,
@@ -251,14 +262,14 @@ class FoveatedVLM(VLMBase):
                 logits=self.llm.get_output_embeddings()(run["hidden"][:, -1]),
                 attention=run["attention"],
             )
-        vis_c, probs_c = self._visual(self._static_queries(cache.num_frames), cache, fm, return_attention)
+        vis_c, probs_c, _ = self._visual(self._static_queries(cache.num_frames), cache, fm, return_attention)
         if mode == "coarse_only":
             pre = self._full_prefill(batch, self._inputs(batch, vis_c))
             pre.attention = probs_c
             return pre
         inp_c = self._inputs(batch, vis_c, with_suffix=False)
         hidden_c = self.decoder(inp_c.embeds, inp_c.mask, inp_c.position_ids)
-        vis_f, probs_f = self._visual(self._fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
+        vis_f, probs_f, _ = self._visual(self._fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
         pre = self._full_prefill(batch, self._inputs(batch, vis_f))
         pre.attention, pre.coarse_attention = probs_f, probs_c
         return pre

@@ -48,6 +48,7 @@ class VLMOutput:
     hidden: torch.Tensor | None = None  # [B, L, d_llm] final hidden states (return_hidden=True)
     labels: torch.Tensor | None = None  # [B, L]
     aux: torch.Tensor | None = None  # the patch_loss term, when one was given
+    tokens: torch.Tensor | None = None  # [n_frames, D] the mode's visual tokens (return_tokens=True)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_model import make_sample
 from test_trainer_helpers import read_csv, run_trainer, tiny_config, write_config
 from test_trainer_objects import _at_32px, _shapes_shards
@@ -15,8 +16,8 @@ from fvlm.errors import ConfigError
 from fvlm.hub import load_pretrained
 from fvlm.tiny import tiny_vision_config
 from trainer import config as C
-from trainer.gaze import gaze_loss, gaze_mass, target_rows
-from trainer.objects import FIELDS
+from trainer.gaze import gaze_loss, gaze_mass, target_rows, visible_targets
+from trainer.objects import FIELDS, ObjectHead
 
 
 def _probs(maps: torch.Tensor, heads: int = 2, layers: int = 1) -> torch.Tensor:
@@ -110,6 +111,9 @@ def test_gaze_loss_reaches_the_llm_that_makes_the_query(make_model, mode):
     [
         ({"gaze_weight": -1.0}, {}, "must be >= 0"),
         ({"gaze_weight": 1.0}, {"modes": "coarse_only"}, "no query to steer"),
+        ({"token_weight": 1.0}, {}, "set loss.object_weight > 0 too"),
+        ({"token_weight": -1.0}, {}, "must be >= 0"),
+        ({"token_weight": 1.0, "object_weight": 1.0}, {"modes": "coarse_only"}, "no question-steered token"),
     ],
 )
 def test_gaze_config_refusals(tmp_path, loss, train, message):
@@ -119,9 +123,44 @@ def test_gaze_config_refusals(tmp_path, loss, train, message):
         C.load_config(write_config(tmp_path / "c.yaml", raw))
 
 
-def test_training_with_gaze_supervision_logs_the_mass(tmp_path):
+def test_token_loss_names_the_target_and_skips_frames_without_one():
+    torch.manual_seed(0)
+    head = ObjectHead(dim=8, patch_size=8)
+    tokens = torch.randn(4, 8)
+    rows = torch.tensor([[0.0, 0.0, 8.0, 8.0, 2, 1]] * 3 + [[-1.0] * FIELDS])
+    loss, stats = head.token_loss(tokens, rows)
+    expected = (F.cross_entropy(head.shape(tokens[:3]), torch.tensor([2] * 3))
+                + F.cross_entropy(head.color(tokens[:3]), torch.tensor([1] * 3))) / 2
+    torch.testing.assert_close(loss, expected)
+    assert stats["frames"] == 3 and 0 <= stats["shape_acc"] <= 1
+    none, stats = head.token_loss(tokens, rows[3:].expand(4, -1))
+    assert float(none) == 0.0 and stats == {"frames": 0.0}
+
+
+def test_visible_targets_drops_targets_too_small_to_look_at():
+    rows = torch.tensor([[0.0, 0.0, 8.0, 8.0, 1, 1], [0.0, 0.0, 2.0, 2.0, 1, 1], [-9.0, 0, -1.0, 8.0, 1, 1]])
+    out = visible_targets(rows, grid=4, patch=8)
+    assert out[:, 4].tolist() == [1, -1, -1] and rows[1, 4] == 1  # a copy, input untouched
+
+
+@pytest.mark.parametrize("mode", ["coarse_only", "coarse_fine", "autoregressive"])
+def test_forward_returns_the_tokens_the_llm_read(make_model, mode):
+    model = make_model(seed=3)
+    batch = collate([make_sample(model, 3, seed=1), make_sample(model, 2, "How many?", "two", seed=2)])
+    out = model(batch, mode=mode, return_tokens=True)
+    assert out.tokens.shape == (5, model.encoder.dino.config.hidden_size)
+    assert model(batch, mode=mode).tokens is None
+    if mode != "autoregressive":
+        torch.testing.assert_close(out.tokens, model.visual_tokens(batch, mode), rtol=1e-4, atol=1e-5)
+    else:  # row-major over [B, T], as every other per-frame tensor: sample 0's frames first
+        alone = model(collate([make_sample(model, 2, "How many?", "two", seed=2)]), mode=mode, return_tokens=True)
+        torch.testing.assert_close(out.tokens[3:], alone.tokens, rtol=1e-4, atol=1e-5)
+
+
+def test_training_with_gaze_and_token_supervision_logs_both(tmp_path):
     shards = _shapes_shards(tmp_path / "shapes")
-    raw = _at_32px(tiny_config(tmp_path / "run", shards, steps=4, batch_size=2, loss={"gaze_weight": 1.0},
+    loss = {"gaze_weight": 1.0, "object_weight": 1.0, "token_weight": 1.0}
+    raw = _at_32px(tiny_config(tmp_path / "run", shards, steps=4, batch_size=2, loss=loss,
                                data={"num_workers": 1, "shuffle_buffer": 4}))
     out = run_trainer(write_config(tmp_path / "run.yaml", raw))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -129,7 +168,8 @@ def test_training_with_gaze_supervision_logs_the_mass(tmp_path):
     assert rows, "no step logged a gaze loss"
     for r in rows:
         assert float(r["loss_gaze"]) > 0 and 0 < float(r["gaze_mass"]) < 1
-        assert float(r["loss"]) > float(r["loss_fine"])  # the gaze term is in the loss
-        assert not r["loss_objects"]  # object supervision stays off
-    assert "gaze" in out.stdout
+        assert float(r["loss_token"]) > 0 and 0 <= float(r["token_shape_acc"]) <= 1
+        extra = float(r["loss_objects"]) + float(r["loss_gaze"]) + float(r["loss_token"])
+        assert float(r["loss"]) == pytest.approx(float(r["loss_fine"]) + extra, rel=1e-4)  # all in the loss
+    assert "gaze" in out.stdout and "token" in out.stdout
     assert load_pretrained(tmp_path / "run" / "final").architecture == "foveated"

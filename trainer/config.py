@@ -107,6 +107,7 @@ class LossConfig:
     beta: float = 0.1
     object_weight: float = 0.0  # > 0: object supervision of the encoder (trainer/objects.py)
     gaze_weight: float = 0.0  # > 0: pull the fine query's attention onto the asked-about object (trainer/gaze.py)
+    token_weight: float = 0.0  # > 0: the token must name the asked-about object (trainer/objects.py)
 
 
 @dataclass
@@ -435,6 +436,14 @@ def validate(cfg: Config) -> None:
     if cfg.loss.gaze_weight > 0 and set(cfg.mode_probs) == {"coarse_only"}:
         raise bad("loss.gaze_weight", "coarse_only training has no query to steer (the static query sees "
                   "no question); train coarse_fine or autoregressive, or set it to 0")
+    if cfg.loss.token_weight < 0:
+        raise bad("loss.token_weight", f"{cfg.loss.token_weight} must be >= 0")
+    if cfg.loss.token_weight > 0 and cfg.loss.object_weight <= 0:
+        raise bad("loss.token_weight", "the token loss uses the object head's classifiers: set "
+                  "loss.object_weight > 0 too")
+    if cfg.loss.token_weight > 0 and set(cfg.mode_probs) == {"coarse_only"}:
+        raise bad("loss.token_weight", "coarse_only training has no question-steered token; train "
+                  "coarse_fine or autoregressive, or set it to 0")
     if cfg.loss.type == "dpo" and cfg.stage != 3:
         raise bad("loss.type", f"dpo is a stage-3 loss (stage is {cfg.stage})")
     if cfg.loss.type == "dpo" and d.text_ratio > 0:

@@ -44,6 +44,15 @@ def target_rows(objects: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return rows
 
 
+def visible_targets(rows: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
+    """rows [n, 6] -> the same with shape id -1 where the target covers under MIN_COVERAGE patches
+    of the model input (outside the crop, or too small to look at)."""
+    cover = patch_coverage(rows[:, :4].float(), grid, patch).sum(1)  # [n] patches' worth of box
+    rows = rows.clone()
+    rows[cover < MIN_COVERAGE, 4] = -1
+    return rows
+
+
 def gaze_mass(probs: torch.Tensor, boxes: torch.Tensor, patch: int) -> torch.Tensor:
     """Attention mass inside each box, per layer: probs [n, L, H, N] (CLS first, then a square grid),
     boxes [n, 4] in model-input pixels -> [n, L], each in [0, 1]."""
@@ -60,10 +69,8 @@ def gaze_mass(probs: torch.Tensor, boxes: torch.Tensor, patch: int) -> torch.Ten
 def gaze_loss(probs: torch.Tensor, rows: torch.Tensor, patch: int) -> tuple[torch.Tensor, dict[str, float]]:
     """probs [n, L, H, N] of the real frames, rows [n, 6] the target's row per frame -> (unweighted
     loss, stats). Frames whose target is absent or covers under MIN_COVERAGE patches are left out."""
-    N = probs.shape[-1]
-    grid = round((N - 1) ** 0.5)
-    cover = patch_coverage(rows[:, :4].float(), grid, patch).sum(1)  # [n] patches' worth of box
-    keep = (rows[:, 4] >= 0) & (cover >= MIN_COVERAGE)
+    grid = round((probs.shape[-1] - 1) ** 0.5)
+    keep = visible_targets(rows, grid, patch)[:, 4] >= 0
     if not bool(keep.any()):
         return probs.sum() * 0.0, {"frames": 0.0}
     mass = gaze_mass(probs[keep], rows[keep, :4], patch)  # [M, L]

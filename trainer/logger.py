@@ -46,6 +46,9 @@ COLUMNS = [
     "object_color_acc",
     "loss_gaze",
     "gaze_mass",
+    "loss_token",
+    "token_shape_acc",
+    "token_color_acc",
     "dpo_reward_acc",
     "dpo_margin",
     "dpo_chosen_reward",
@@ -161,6 +164,9 @@ def line(step: int, total: int, m: dict[str, Any]) -> str:
                      f"colour {m['object_color_acc']:.2f})")
     if m.get("loss_gaze") is not None:
         parts.append(f"gaze {m['loss_gaze']:.3f} (mass {m['gaze_mass']:.2f})")
+    if m.get("loss_token") is not None:
+        parts.append(f"token {m['loss_token']:.3f} (shape {m['token_shape_acc']:.2f} "
+                     f"colour {m['token_color_acc']:.2f})")
     if m.get("dpo_reward_acc") is not None:
         parts.append(f"reward acc {m['dpo_reward_acc']:.2f} margin {m['dpo_margin']:.3f}")
     lrs = " ".join(

@@ -9,6 +9,14 @@ features pooled over the object's box:
     features [F, N, D] --(patch-coverage weights of the box)--> pooled [M, D] --> shape / colour logits
     loss = object_weight * (CE(shape) + CE(colour)) / 2      (mean over the M object-frames)
 
+With `loss.token_weight > 0` as well, the same two classifiers must also name the shape and colour of
+the object a question is about (JSON `target`) from the frame's visual token, the vector the LLM
+reads, wherever that object is visible. The encoder could tell shapes apart after object supervision
+while the token a question's query read from it could not (`eval.shapes_probe`); this asks the query
+and its read-out to carry the asked-about object, in the same feature space as its pooled patches:
+
+    tokens z [n, D] --> shape / colour logits      loss = token_weight * (CE(shape) + CE(colour)) / 2
+
 The boxes, shapes and colours come from the sample's JSON (ShapesQA writes `boxes`, `visible` and
 `objects`, see fvlm/synthetic.py). The head is trained with the connector group and is never part
 of the saved model (RUN/final); checkpoints carry it so that a resume is exact.
@@ -109,3 +117,22 @@ class ObjectHead(nn.Module):
                 "color_acc": float((color_logits.argmax(1) == color_y).float().mean()),
             }
         return loss
+
+    def token_loss(self, tokens: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """tokens [n, D] of the real frames, rows [n, 6] the asked-about object's row per frame
+        (trainer/gaze.py: visible_targets, shape id -1 where it is absent or too small) -> (unweighted
+        loss, stats)."""
+        keep = rows[:, 4] >= 0
+        if not bool(keep.any()):
+            return tokens.sum() * 0.0, {"frames": 0.0}
+        z, rows = tokens[keep].float(), rows[keep]
+        shape_logits, color_logits = self.shape(z), self.color(z)
+        shape_y, color_y = rows[:, 4].long(), rows[:, 5].long()
+        loss = (F.cross_entropy(shape_logits, shape_y) + F.cross_entropy(color_logits, color_y)) / 2
+        with torch.no_grad():
+            stats = {
+                "frames": float(keep.sum()),
+                "shape_acc": float((shape_logits.argmax(1) == shape_y).float().mean()),
+                "color_acc": float((color_logits.argmax(1) == color_y).float().mean()),
+            }
+        return loss, stats

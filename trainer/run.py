@@ -40,7 +40,7 @@ from .data import Decoder, EvalStream, TrainStream, advance, expand_shards, load
 from .dpo import dpo_step, reference_model
 from .evaluate import evaluate
 from .flops import sample_flops, samples_for_budget
-from .gaze import gaze_loss, target_rows
+from .gaze import gaze_loss, target_rows, visible_targets
 from .logger import RunLogger, line
 from .objects import ObjectHead
 from .optim import build_optimizer, set_lrs, warmup_steps
@@ -321,6 +321,7 @@ class Trainer:
             acc = torch.zeros(10, dtype=torch.float64)
             objects = torch.zeros(4, dtype=torch.float64)  # loss, shape acc, colour acc, batches
             gaze = torch.zeros(3, dtype=torch.float64)  # loss, mass inside the box, batches
+            token = torch.zeros(4, dtype=torch.float64)  # loss, shape acc, colour acc, batches
             for micro in range(accum):
                 tb = next(batches)
                 advance(self.position, tb)
@@ -348,17 +349,27 @@ class Trainer:
                                 ]
                             )
                         else:
-                            steer = cfg.loss.gaze_weight > 0 and mode != "coarse_only" and tb.target is not None
+                            asked = mode != "coarse_only" and tb.target is not None
+                            steer, read = asked and cfg.loss.gaze_weight > 0, asked and cfg.loss.token_weight > 0
                             out = self.net(batch, mode=mode, measure_coarse=measure, return_attention=steer,
-                                           patch_loss=self._object_loss(tb, batch))
+                                           return_tokens=read, patch_loss=self._object_loss(tb, batch))
                             loss = out.loss
-                            if steer:
+                            if steer or read:
+                                patch = self.model.config.vision["patch_size"]
                                 rows = target_rows(tb.objects, tb.target).to(dist.device)[batch.frame_mask]
-                                g, stats = gaze_loss(out.attention, rows, self.model.config.vision["patch_size"])
+                                rows = visible_targets(rows, self.model.config.image_size // patch, patch)
+                            if steer:
+                                g, stats = gaze_loss(out.attention, rows, patch)
                                 loss = loss + cfg.loss.gaze_weight * g
                                 if stats["frames"]:
                                     gaze += torch.tensor([float(g.detach()), stats["mass"], 1.0],
                                                          dtype=torch.float64)
+                            if read:
+                                t_loss, stats = self.model.object_head.token_loss(out.tokens, rows)
+                                loss = loss + cfg.loss.token_weight * t_loss
+                                if stats["frames"]:
+                                    token += torch.tensor([float(t_loss.detach()), stats["shape_acc"],
+                                                           stats["color_acc"], 1.0], dtype=torch.float64)
                             if out.aux is not None and self.model.object_head.stats.get("objects"):
                                 head = self.model.object_head.stats
                                 objects += torch.tensor([float(out.aux.detach()), head["shape_acc"],
@@ -382,6 +393,8 @@ class Trainer:
                 D.all_reduce_sum(dist, objects)
             if cfg.loss.gaze_weight > 0:
                 D.all_reduce_sum(dist, gaze)
+            if cfg.loss.token_weight > 0:
+                D.all_reduce_sum(dist, token)
             st.step += 1
             st.samples += int(acc[4])
             bar.update(1)
@@ -424,6 +437,10 @@ class Trainer:
                     if gaze[2] > 0:
                         m["loss_gaze"] = float(gaze[0] / gaze[2])
                         m["gaze_mass"] = float(gaze[1] / gaze[2])
+                    if token[3] > 0:
+                        m["loss_token"] = float(token[0] / token[3])
+                        m["token_shape_acc"] = float(token[1] / token[3])
+                        m["token_color_acc"] = float(token[2] / token[3])
                 last_train = m
                 if dist.main:
                     self.logger.log("train", st.step, m)
