@@ -107,16 +107,22 @@ class ObjectHead(nn.Module):
         w = w / w.sum(1, keepdim=True)
         patches = features[frame, 1:].float()  # [M, g * g, D]
         pooled = torch.einsum("mp,mpd->md", w, patches)  # [M, D]
-        shape_logits, color_logits = self.shape(pooled), self.color(pooled)
-        shape_y, color_y = flat[:, 4].long(), flat[:, 5].long()
+        loss, acc = self._classify(pooled, flat)
+        self.stats = {"objects": float(keep.sum()), **acc}
+        return loss
+
+    def _classify(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """x [M, D] against rows [M, 6] (shape id, colour id in columns 4, 5) -> (mean of the two
+        cross-entropies, their accuracies)."""
+        shape_logits, color_logits = self.shape(x), self.color(x)
+        shape_y, color_y = rows[:, 4].long(), rows[:, 5].long()
         loss = (F.cross_entropy(shape_logits, shape_y) + F.cross_entropy(color_logits, color_y)) / 2
         with torch.no_grad():
-            self.stats = {
-                "objects": float(keep.sum()),
+            acc = {
                 "shape_acc": float((shape_logits.argmax(1) == shape_y).float().mean()),
                 "color_acc": float((color_logits.argmax(1) == color_y).float().mean()),
             }
-        return loss
+        return loss, acc
 
     def token_loss(self, tokens: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """tokens [n, D] of the real frames, rows [n, 6] the asked-about object's row per frame
@@ -125,14 +131,5 @@ class ObjectHead(nn.Module):
         keep = rows[:, 4] >= 0
         if not bool(keep.any()):
             return tokens.sum() * 0.0, {"frames": 0.0}
-        z, rows = tokens[keep].float(), rows[keep]
-        shape_logits, color_logits = self.shape(z), self.color(z)
-        shape_y, color_y = rows[:, 4].long(), rows[:, 5].long()
-        loss = (F.cross_entropy(shape_logits, shape_y) + F.cross_entropy(color_logits, color_y)) / 2
-        with torch.no_grad():
-            stats = {
-                "frames": float(keep.sum()),
-                "shape_acc": float((shape_logits.argmax(1) == shape_y).float().mean()),
-                "color_acc": float((color_logits.argmax(1) == color_y).float().mean()),
-            }
-        return loss, stats
+        loss, acc = self._classify(tokens[keep].float(), rows[keep])
+        return loss, {"frames": float(keep.sum()), **acc}
