@@ -4,9 +4,10 @@ A ShapesQA answer needs two things: the encoder must put the asked-about propert
 features, and the query + LLM must read it out. This separates them. For every visible object in
 every sampled frame of a ShapesQA test set, the encoder's final patch features are averaged over
 the patches its box covers, each weighted by the fraction of it the box covers (objects covering
-less than a quarter patch in all are left out; the trainer's object head pools the same way), and a multinomial logistic regression (standardised
-features, L2, L-BFGS) is fitted to the object's shape and to its colour on 3/4 of the clips and
-scored on the rest (split by clip, so no clip is in both). Two references come with it:
+less than a quarter patch in all are left out; the trainer's object head pools the same way), and a
+multinomial logistic regression (standardised features, L2, L-BFGS) is fitted to the object's
+shape and to its colour on 3/4 of the clips and scored on the rest (split by clip, so no clip is
+in both). Two references come with it:
 
 - `pixels`: the input crop of the object's box, resized to 12 x 12 -- what a linear read-out of the
   raw pixels gets when the box is given;

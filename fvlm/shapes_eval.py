@@ -208,7 +208,7 @@ def format_report(report: dict) -> str:
     keys = [k for k in report[modes[0]]["selectivity"]] or [k for k in report[modes[0]]["concentration"]]
     for metric in ("concentration", "selectivity", "mass"):
         for k in keys:
-            lines.append(f"{metric[:5] + ' ' + k:22}" + "".join(f"{num(report[m].get(metric, {}).get(k)):>16}"
+            lines.append(f"{metric[:5] + ' ' + k:22}" + "".join(f"{num(report[m][metric].get(k)):>16}"
                                                              for m in modes))
     return "\n".join(lines)
 
