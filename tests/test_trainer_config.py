@@ -54,6 +54,9 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path, mutate, key):
         (lambda r: r["optim"].update(schedule="linear"), "optim.schedule"),
         (lambda r: r["optim"].update(schedule="converging"), "optim.target_lr"),
         (lambda r: r.update(stage=4), "stage"),
+        (lambda r: r.update(stage=0), "loss.object_weight"),  # vision pretraining needs the object loss
+        (lambda r: r.update(stage=0, loss={"object_weight": 1.0, "gaze_weight": 1.0}), "loss.gaze_weight"),
+        (lambda r: r.update(stage=0, loss={"object_weight": 1.0, "token_weight": 1.0}), "loss.token_weight"),
         (lambda r: r["data"].update(text_ratio=0.2), "data.text_shards"),
         (lambda r: r.update(loss={"type": "dpo"}), "loss.type"),
         (lambda r: r["flops"].update(budget=1e16), "train.total_samples"),

@@ -1,5 +1,6 @@
-"""Object supervision (trainer/objects.py): targets from ShapesQA JSON, box pooling, the head, and
-a trainer run with loss.object_weight > 0 (logged, resumable, never saved into the final model)."""
+"""Object supervision (trainer/objects.py): targets from ShapesQA JSON, box pooling, the head, a
+trainer run with loss.object_weight > 0 (logged, resumable, never saved into the final model), and
+stage 0 (vision pretraining: the encoder and the head alone)."""
 
 from __future__ import annotations
 
@@ -146,6 +147,38 @@ def test_training_with_object_supervision_logs_resumes_and_ships_no_head(tmp_pat
         assert [r[key] for r in rows] == [r[key] for r in again], key
     torch.testing.assert_close(saved["q_static"], read_weights(tmp_path / "killed" / "final" / "model.safetensors")["q_static"],
                                rtol=0, atol=0)
+
+
+def test_stage_0_trains_the_encoder_alone_and_validates_the_head(tmp_path):
+    from trainer.run import main
+
+    shards = _shapes_shards(tmp_path / "shapes")
+    make_shapes(tmp_path / "shapes", n=4, seed=1, split="easy", subset="val", size=32, seconds=2.0, fps=4,
+                max_frames=4, per_clip=2, videos=False, shard_size=8, progress=False)
+    first = _at_32px(tiny_config(tmp_path / "init", shards, steps=1))
+    assert main(["--config", str(write_config(tmp_path / "init.yaml", first))]) == 0
+    init = tmp_path / "init" / "final"
+    raw = _at_32px(tiny_config(tmp_path / "s0", shards, f"{tmp_path}/shapes/val/*.tar", steps=6, stage=0,
+                               loss={"object_weight": 2.0}, model={"init_from": str(init), "tokenizer": str(init)},
+                               eval={"every_steps": 3, "max_samples": 8, "heatmap_clips": 2}))
+    assert main(["--config", str(write_config(tmp_path / "s0.yaml", raw))]) == 0
+
+    rows = read_csv(tmp_path / "s0" / "metrics.csv")
+    assert len(rows) == 6
+    for r in rows:  # the loss is the weighted object loss and nothing else
+        assert float(r["loss"]) == pytest.approx(float(r["loss_objects"]), rel=1e-6) and r["loss_fine"] == ""
+    evals = read_csv(tmp_path / "s0" / "metrics.csv", "eval")
+    assert [int(r["step"]) for r in evals] == [3, 6]
+    for r in evals:
+        assert float(r["val_loss"]) > 0 and int(r["val_samples"]) == 8
+        assert 0 <= float(r["val_object_shape_acc"]) <= 1 and 0 <= float(r["val_object_color_acc"]) <= 1
+    assert not (tmp_path / "s0" / "heatmaps").exists()  # no query ran, so no attention to draw
+
+    before, after = read_weights(init / "model.safetensors"), read_weights(tmp_path / "s0" / "final" / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("encoder.dino.") for k in changed), sorted(changed)[:5]
+    load_pretrained(tmp_path / "s0" / "final")
 
 
 def test_decoder_gives_targets_for_the_kept_frames_and_skips_samples_without_objects(tokenizer, tmp_path):

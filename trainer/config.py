@@ -149,7 +149,7 @@ class FlopsConfig:
 
 @dataclass
 class Config:
-    stage: int  # 1: all-token CE | 2: answer-only SFT | 3: answer-only SFT or DPO
+    stage: int  # 0: vision pretraining (objects only) | 1: all-token CE | 2: answer-only SFT | 3: SFT or DPO
     data: DataConfig
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -354,8 +354,17 @@ def validate(cfg: Config) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"config key {key!r}: {why}")
 
-    if cfg.stage not in (1, 2, 3):
-        raise bad("stage", f"must be 1, 2 or 3, got {cfg.stage}")
+    if cfg.stage not in (0, 1, 2, 3):
+        raise bad("stage", f"must be 0, 1, 2 or 3, got {cfg.stage}")
+    if cfg.stage == 0:  # vision pretraining: the encoder and the object head alone, no text
+        if cfg.loss.object_weight <= 0:
+            raise bad("loss.object_weight", "stage 0 trains the encoder on object supervision only: set it > 0")
+        for key in ("gaze_weight", "token_weight"):
+            if getattr(cfg.loss, key) > 0:
+                raise bad(f"loss.{key}", "stage 0 runs no query and no LLM; set it to 0 (use it from stage 1)")
+        if cfg.loss.type != "ce" or cfg.data.text_ratio > 0:
+            raise bad("loss.type" if cfg.loss.type != "ce" else "data.text_ratio",
+                      "stage 0 has no text: use loss.type ce and data.text_ratio 0")
     _check_fvlm_keys(cfg.model.fvlm)
     if cfg.model.init_from is not None and isinstance(cfg.model.tokenizer, TokenizerSpec):
         # a new tokenizer would not match the embeddings of the weights being loaded

@@ -600,13 +600,13 @@ class EvalStream(IterableDataset):
             if not decoded:
                 return
             left -= len(decoded)
-            yield TrainBatch(
-                batcher.collate(decoded),
-                [x.key for x in decoded],
-                "eval",
-                worker,
-                {"skipped": dict(stream.skipped)},
-            )
+            batch = batcher.collate(decoded)
+            objects = target = None
+            if self.decoder.objects:  # stage 0 validates the object head
+                objects = collate_targets([x.objects for x in decoded], batch.frame_mask.shape[1])
+                target = torch.tensor([x.target for x in decoded], dtype=torch.long)
+            yield TrainBatch(batch, [x.key for x in decoded], "eval", worker,
+                             {"skipped": dict(stream.skipped)}, objects, target)
 
 
 def loader(dataset: IterableDataset, workers: int, prefetch: int, pin: bool) -> DataLoader:

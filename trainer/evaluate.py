@@ -1,5 +1,6 @@
 """Validation: text loss with the fine and with the coarse (static) queries, attention entropy of
-both, DPO reward metrics in stage 3, and heatmap PNGs of the first eval clips.
+both, DPO reward metrics in stage 3, and heatmap PNGs of the first eval clips. Stage 0 (vision
+pretraining) has no text: `evaluate_objects` measures the object head instead.
 
 The coarse loss is always measured (coarse_fine with measure_coarse=True), whatever
 lambda_coarse, so val_loss_ratio = fine / coarse is a real number: < 1 means looking where the
@@ -118,6 +119,40 @@ def evaluate(
         "val_reward_acc": ratio(DPO_ACC, PAIRS),
         "val_reward_margin": ratio(DPO_MARGIN, PAIRS),
         "val_samples": int(sums[SAMPLES]),
+    }
+
+
+@torch.no_grad()
+def evaluate_objects(
+    objective: torch.nn.Module,
+    batches,
+    dist: D.Dist,
+    autocast: Callable[[], AbstractContextManager],
+) -> dict[str, float | None]:
+    """Stage 0: the object loss and shape / colour accuracy of `objective` (trainer/objects.py:
+    VisionObjective) over the validation batches, object-weighted; val_loss is the object loss."""
+    was_training = objective.training
+    objective.eval()
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, shape and colour hits (x objects), objects, samples
+    for tb in batches:
+        batch = tb.batch.to(dist.device)
+        targets = tb.objects.to(dist.device)[batch.frame_mask]  # [n_real, K, 6]
+        with autocast():
+            loss = objective(batch.pixel_values[batch.frame_mask], targets)
+        stats = objective.head.stats
+        n = stats.get("objects", 0.0)
+        if n:
+            sums[:4] += torch.tensor([float(loss) * n, stats["shape_acc"] * n, stats["color_acc"] * n, n],
+                                     dtype=torch.float64)
+        sums[4] += tb.size
+    D.all_reduce_sum(dist, sums)
+    objective.train(was_training)
+    n = float(sums[3])
+    return {
+        "val_loss": float(sums[0]) / n if n else None,
+        "val_object_shape_acc": float(sums[1]) / n if n else None,
+        "val_object_color_acc": float(sums[2]) / n if n else None,
+        "val_samples": int(sums[4]),
     }
 
 

@@ -62,6 +62,8 @@ COLUMNS = [
     "val_dpo_loss",
     "val_reward_acc",
     "val_reward_margin",
+    "val_object_shape_acc",
+    "val_object_color_acc",
     "val_samples",
 ]
 CSV_NAME = "metrics.csv"

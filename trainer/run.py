@@ -38,11 +38,11 @@ from .build import build_model, build_tokenizer, freeze, speedups
 from .config import Config, load_config, to_yaml
 from .data import Decoder, EvalStream, TrainStream, advance, expand_shards, loader, skipped_counts
 from .dpo import dpo_step, reference_model
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_objects
 from .flops import sample_flops, samples_for_budget
 from .gaze import gaze_loss, target_rows, visible_targets
 from .logger import RunLogger, line
-from .objects import ObjectHead
+from .objects import ObjectHead, VisionObjective
 from .optim import build_optimizer, set_lrs, warmup_steps
 
 # Test-only fault injection: SIGKILL this process right after optimizer step N (0 = never).
@@ -178,7 +178,8 @@ class Trainer:
         self.total_samples = total
         self.total_steps = max(1, total // self.effective_batch)
 
-        self.decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo)  # validation
+        # validation decodes object targets only for stage 0, which validates the object head
+        self.decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo, cfg.stage == 0)
         targets = cfg.loss.object_weight > 0 or cfg.loss.gaze_weight > 0
         train_decoder = Decoder(model.config, self.tokenizer, cfg.text_loss, self.dpo, targets)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -254,9 +255,11 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         speedups(self.model, cfg)
         net: torch.nn.Module = self.model
+        if cfg.stage == 0:  # vision pretraining: only the encoder and the object head run
+            net = self.objective = VisionObjective(self.model.encoder, self.model.object_head)
         if dist.enabled:  # text-only batches leave DINO unused, coarse_only llm_to_query/q_init
             net = DDP(
-                self.model,
+                net,
                 device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
@@ -335,7 +338,15 @@ class Trainer:
                 sync = not dist.enabled or micro == accum - 1
                 with contextlib.nullcontext() if sync else self.net.no_sync():
                     with self.autocast():
-                        if self.dpo:
+                        if cfg.stage == 0:
+                            targets = tb.objects.to(dist.device)[batch.frame_mask]  # [n_real, K, 6]
+                            aux = self.net(batch.pixel_values[batch.frame_mask], targets)
+                            loss = cfg.loss.object_weight * aux
+                            head = self.model.object_head.stats
+                            if head.get("objects"):
+                                objects += torch.tensor([float(loss.detach()), head["shape_acc"],
+                                                         head["color_acc"], 1.0], dtype=torch.float64)
+                        elif self.dpo:
                             stats = dpo_step(
                                 self.net, self.reference, batch, mode, cfg.loss.beta
                             )
@@ -426,7 +437,8 @@ class Trainer:
                         dpo_rejected_reward=float(acc[9] / n),
                     )
                 else:
-                    m["loss_fine"] = float(acc[1] / n)
+                    if cfg.stage > 0:
+                        m["loss_fine"] = float(acc[1] / n)
                     if acc[3] > 0:
                         m["loss_coarse"] = float(acc[2] / acc[3])
                         m["loss_ratio"] = m["loss_fine"] / m["loss_coarse"]
@@ -474,10 +486,13 @@ class Trainer:
         return int(D.all_reduce_sum(self.dist, local)[0])
 
     def _evaluate(self) -> dict[str, Any]:
-        heatmaps = self.run_dir / "heatmaps" / ckpt.step_name(self.state.step)
-        metrics = evaluate(
-            self.model, self.reference, self.cfg, self._val_loader(), self.dist, self.autocast, heatmaps
-        )
+        if self.cfg.stage == 0:
+            metrics = evaluate_objects(self.objective, self._val_loader(), self.dist, self.autocast)
+        else:
+            heatmaps = self.run_dir / "heatmaps" / ckpt.step_name(self.state.step)
+            metrics = evaluate(
+                self.model, self.reference, self.cfg, self._val_loader(), self.dist, self.autocast, heatmaps
+            )
         if self.dist.main:
             self.logger.log("eval", self.state.step, metrics)
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
