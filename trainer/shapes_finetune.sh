@@ -2,7 +2,7 @@
 # The CPU fine-tunes behind fvlm's shipped default model, in order, from the GPU-trained model
 # (runs/shapes_gpu2/final: README.md "How it was trained"). Makes the ShapesQA data that is missing,
 # then runs each config whose RUN/final does not exist yet, so an interrupted chain picks up where it
-# stopped (a run cut short resumes from its newest checkpoint). About 4 hours on 2 CPU cores:
+# stopped (a run cut short resumes from its newest checkpoint). About 3.5 hours on 2 CPU cores:
 #   shapes_objects, shapes_objects_curriculum   object supervision of the encoder (+ curriculum shards)
 #   shapes_gaze, shapes_token, shapes_token_mix gaze and token supervision: the question steers the gaze
 #   shapes_vision                               stage 0: the encoder alone learns every object's shape
