@@ -433,6 +433,12 @@ class Batcher:
         return collate(rows, self.pad_id)
 
 
+def collate_objects(decoded: list[Decoded], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """TrainBatch.objects [B, frames, K, 6] and TrainBatch.target [B] of samples decoded with objects."""
+    return (collate_targets([x.objects for x in decoded], frames),
+            torch.tensor([x.target for x in decoded], dtype=torch.long))
+
+
 def _coin(seed: int, rank: int, worker: int, index: int) -> float:
     """A uniform number fixed by (seed, rank, worker, batch index): text or not, without state."""
     digest = hashlib.sha256(f"text-{seed}-{rank}-{worker}-{index}".encode()).digest()
@@ -528,8 +534,7 @@ class TrainStream(IterableDataset):
             batch = source.collate(decoded)
             objects = target = None
             if self.decoder.objects and not use_text:
-                objects = collate_targets([x.objects for x in decoded], batch.frame_mask.shape[1])
-                target = torch.tensor([x.target for x in decoded], dtype=torch.long)
+                objects, target = collate_objects(decoded, batch.frame_mask.shape[1])
             yield TrainBatch(batch, [x.key for x in decoded], "text" if use_text else "train", worker,
                              state, objects, target)
 
@@ -603,8 +608,7 @@ class EvalStream(IterableDataset):
             batch = batcher.collate(decoded)
             objects = target = None
             if self.decoder.objects:  # stage 0 validates the object head
-                objects = collate_targets([x.objects for x in decoded], batch.frame_mask.shape[1])
-                target = torch.tensor([x.target for x in decoded], dtype=torch.long)
+                objects, target = collate_objects(decoded, batch.frame_mask.shape[1])
             yield TrainBatch(batch, [x.key for x in decoded], "eval", worker,
                              {"skipped": dict(stream.skipped)}, objects, target)
 
