@@ -338,14 +338,11 @@ class Trainer:
                 sync = not dist.enabled or micro == accum - 1
                 with contextlib.nullcontext() if sync else self.net.no_sync():
                     with self.autocast():
+                        aux = None  # the weighted object loss of this micro-batch, if any
                         if cfg.stage == 0:
                             targets = tb.objects.to(dist.device)[batch.frame_mask]  # [n_real, K, 6]
-                            aux = self.net(batch.pixel_values[batch.frame_mask], targets)
-                            loss = cfg.loss.object_weight * aux
-                            head = self.model.object_head.stats
-                            if head.get("objects"):
-                                objects += torch.tensor([float(loss.detach()), head["shape_acc"],
-                                                         head["color_acc"], 1.0], dtype=torch.float64)
+                            loss = aux = cfg.loss.object_weight * self.net(
+                                batch.pixel_values[batch.frame_mask], targets)
                         elif self.dpo:
                             stats = dpo_step(
                                 self.net, self.reference, batch, mode, cfg.loss.beta
@@ -381,14 +378,15 @@ class Trainer:
                                 if stats["frames"]:
                                     token += torch.tensor([float(t_loss.detach()), stats["shape_acc"],
                                                            stats["color_acc"], 1.0], dtype=torch.float64)
-                            if out.aux is not None and self.model.object_head.stats.get("objects"):
-                                head = self.model.object_head.stats
-                                objects += torch.tensor([float(out.aux.detach()), head["shape_acc"],
-                                                         head["color_acc"], 1.0], dtype=torch.float64)
+                            aux = out.aux
                             acc[1] += float(out.text.loss.detach())
                             if out.coarse is not None:
                                 acc[2] += float(out.coarse.loss.detach())
                                 acc[3] += 1
+                        if aux is not None and self.model.object_head.stats.get("objects"):
+                            head = self.model.object_head.stats
+                            objects += torch.tensor([float(aux.detach()), head["shape_acc"], head["color_acc"], 1.0],
+                                                    dtype=torch.float64)
                     self.scaler.scale(loss / accum).backward()
                 acc[0] += float(loss.detach())
                 acc[4] += tb.size
