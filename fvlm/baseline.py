@@ -8,6 +8,9 @@ Same inputs, outputs and generate() as FoveatedVLM; the mode argument is accepte
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import Dinov2Model
@@ -36,12 +39,15 @@ class MultiTokenVLM(VLMBase):
     def visual_tokens_per_frame(self) -> int:
         return self.config.tokens_per_frame
 
-    def _inputs(self, batch: Batch):
-        """[prefix | k tokens per real frame | suffix] as LLM input."""
+    def _inputs(self, batch: Batch, patch_loss: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """[prefix | k tokens per real frame | suffix] as LLM input, and patch_loss of DINO's final
+        features [n_real, 1 + N, D] (CLS first, as FoveatedVLM gives them; None without frames)."""
         B, T = batch.frame_mask.shape
         k = self.config.tokens_per_frame
         pixels = batch.pixel_values[batch.frame_mask]  # [n, 3, S, S]
-        feats = self.dino(pixel_values=pixels).last_hidden_state[:, 1:]  # [n, gh*gw, D]
+        final = self.dino(pixel_values=pixels).last_hidden_state  # [n, 1 + gh*gw, D], CLS first
+        aux = patch_loss(final) if patch_loss is not None and pixels.shape[0] > 0 else None
+        feats = final[:, 1:]  # [n, gh*gw, D]
         n, N, D = feats.shape
         g = round(N**0.5)
         grid = feats.transpose(1, 2).reshape(n, D, g, g)  # [n, D, gh, gw]
@@ -54,18 +60,23 @@ class MultiTokenVLM(VLMBase):
             self.embed, batch.prefix_ids, batch.prefix_mask, batch.prefix_targets,
             visual.flatten(1, 2), visual_mask,
             batch.suffix_ids, batch.suffix_mask, batch.suffix_targets,
-        )
+        ), aux
 
     def forward(self, batch: Batch, mode: str = "coarse_fine", return_hidden: bool = False,
+                patch_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 **_: object) -> VLMOutput:
+        """Text loss of `batch` (mode is checked, then ignored). patch_loss: as in FoveatedVLM, a
+        training-only extra loss of the final patch features, added to the loss, kept in out.aux."""
         self.check_mode(mode)
-        inp = self._inputs(batch)
+        inp, aux = self._inputs(batch, patch_loss)
         hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
         text = self.loss(hidden, inp.labels)
-        out = VLMOutput(loss=text.loss, text=text)
+        out = VLMOutput(loss=text.loss, text=text, aux=aux)
+        if aux is not None:
+            out.loss = out.loss + aux
         if return_hidden:
             out.hidden, out.labels = hidden, inp.labels
         return out
 
     def _prefill(self, batch: Batch, mode: str, return_attention: bool, on_step=None) -> Prefill:
-        return self._full_prefill(batch, self._inputs(batch))
+        return self._full_prefill(batch, self._inputs(batch)[0])

@@ -61,6 +61,9 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path, mutate, key):
         (lambda r: r.update(loss={"type": "dpo"}), "loss.type"),
         (lambda r: r["flops"].update(budget=1e16), "train.total_samples"),
         (lambda r: r["model"].update(init_from="runs/x/final"), "model.tokenizer"),  # new vocab, old weights
+        (lambda r: r["model"].update(init_parts=["llm"]), "model.init_parts"),  # parts of nothing
+        (lambda r: r["model"].update(init_from="r/final", tokenizer="r/final", init_parts=["query"]), "model.init_parts"),
+        (lambda r: r["model"].update(init_from="r/final", tokenizer="r/final", init_parts=[]), "model.init_parts"),
     ],
 )
 def test_wrong_types_and_values_are_errors_naming_the_key(tmp_path, mutate, key):

@@ -205,8 +205,57 @@ def test_decoder_gives_targets_for_the_kept_frames_and_skips_samples_without_obj
         decoder(RawSample("x/broken", broken))
 
 
-def test_object_supervision_refuses_multi_token(tmp_path):
-    raw = tiny_config(tmp_path / "b1", _shapes_shards(tmp_path / "shapes"), steps=2, loss={"object_weight": 1.0})
+def test_b1_starts_from_a_foveated_models_parts_and_trains_with_object_supervision(tmp_path):
+    """model.init_parts: a multi-token (B1) run from a foveated model's DINO, LLM and connector (the
+    rest fresh), with the object loss on B1's own DINO features; stage 0 refuses B1."""
+    from trainer.build import build_model, build_tokenizer
+    from trainer.config import load_config
+    from trainer.run import main
+
+    shards = _shapes_shards(tmp_path / "shapes")
+    first = _at_32px(tiny_config(tmp_path / "init", shards, steps=2, loss={"object_weight": 1.0}))
+    assert main(["--config", str(write_config(tmp_path / "init.yaml", first))]) == 0
+    init = tmp_path / "init" / "final"
+    foveated = read_weights(init / "model.safetensors")
+
+    raw = _at_32px(tiny_config(tmp_path / "b1", shards, steps=3, loss={"object_weight": 1.0},
+                               model={"init_from": str(init), "tokenizer": str(init),
+                                      "init_parts": ["vision", "llm", "connector"]}))
     raw["model"]["fvlm"] = {**raw["model"]["fvlm"], "architecture": "multi_token", "tokens_per_frame": 4}
-    out = run_trainer(write_config(tmp_path / "b1.yaml", raw))
-    assert out.returncode == 2 and "error: config key 'loss.object_weight'" in out.stderr, out.stderr[-2000:]
+    config = write_config(tmp_path / "b1.yaml", raw)
+    cfg = load_config(config)
+    b1 = build_model(cfg, build_tokenizer(cfg)).state_dict()
+    for key, value in foveated.items():
+        if key.startswith(("llm.", "dino_to_llm.")):
+            torch.testing.assert_close(b1[key], value, rtol=0, atol=0)
+        elif key.startswith("encoder.dino."):
+            torch.testing.assert_close(b1[key.removeprefix("encoder.")], value, rtol=0, atol=0)
+        else:  # the query's own weights have no place in B1
+            assert key.startswith(("encoder.", "q_", "llm_to_query.")) and key not in b1, key
+    cfg.model.init_parts = ["llm"]  # the DINO encoder keeps its fresh init
+    fresh = build_model(cfg, build_tokenizer(cfg)).state_dict()
+    torch.testing.assert_close(fresh["llm.lm_head.weight"], foveated["llm.lm_head.weight"], rtol=0, atol=0)
+    key = "dino.encoder.layer.0.mlp.fc1.weight"
+    assert not torch.equal(fresh[key], foveated[f"encoder.{key}"])
+
+    assert main(["--config", str(config)]) == 0
+    rows = read_csv(tmp_path / "b1" / "metrics.csv")
+    assert len(rows) == 3
+    for r in rows:  # the object term is in the loss
+        assert float(r["loss_objects"]) > 0 and float(r["loss"]) > float(r["loss_fine"])
+    assert not any(k.startswith("object_head.") for k in read_weights(tmp_path / "b1" / "final" / "model.safetensors"))
+    assert load_pretrained(tmp_path / "b1" / "final").architecture == "multi_token"
+
+    out = run_trainer(config, "--set", "stage=0", "--set", f"run.out_dir={tmp_path / 'b1_s0'}")
+    assert out.returncode == 2 and "error: config key 'stage'" in out.stderr, out.stderr[-2000:]
+
+
+def test_init_parts_names_a_part_the_checkpoint_lacks(tmp_path):
+    from fvlm.errors import ConfigError
+    from fvlm.tiny import tiny_model
+    from trainer.build import load_parts
+
+    model = tiny_model()
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.dino.")}
+    with pytest.raises(ConfigError, match="has no vision weights"):
+        load_parts(model, sd, ["vision"], source="x")

@@ -172,6 +172,11 @@ def test_bad_config_is_reported_with_the_key(tmp_path, capsys):
         main(["--config", str(write_config(tmp_path / "ok.yaml", raw)), "--set", "optim.lr.dino=fast"]) == 2
     )
     assert "optim.lr.dino" in capsys.readouterr().err
+    missing = tmp_path / "earlier_stage" / "final"  # a stage whose previous one has not run yet
+    raw["model"].update(init_from=str(missing), tokenizer=str(missing))
+    assert main(["--config", str(write_config(tmp_path / "next.yaml", raw))]) == 2
+    err = capsys.readouterr().err
+    assert "config key 'model.tokenizer'" in err and "run that stage first" in err and "Traceback" not in err
 
 
 def test_a_crash_while_saving_leaves_no_half_written_checkpoint(tmp_path, monkeypatch):

@@ -8,7 +8,9 @@ takes the tokenizer saved in its checkpoint.
 
 model.vision / model.llm: HF ids or dirs (pretrained weights), or inline config dicts with a
 model_type (random init; an inline LLM without vocab_size gets the tokenizer's size). With
-init_from, the weights come from that saved model directory instead (hub weights are not fetched).
+init_from, the weights come from that saved model directory instead (hub weights are not fetched);
+with model.init_parts too, only those parts (vision = the DINO encoder, llm, connector = dino_to_llm)
+are loaded, from a model of either architecture, and the rest keeps its seeded fresh init.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from fvlm.hub import WEIGHTS_NAME, load_weights, model_class, read_weights
 from fvlm.tokenizer import train_tokenizer
 from fvlm.vlm import VLMBase
 
-from .config import Config, TokenizerSpec
+from .config import INIT_PARTS, Config, TokenizerSpec
 from .data import expand_shards, shard_texts
 
 
@@ -39,7 +41,13 @@ def build_tokenizer(cfg: Config, resume_dir: Path | None = None):
         texts = [cfg.model.fvlm.get("system_prompt", FVLMConfig.system_prompt)]
         texts += list(shard_texts(expand_shards(spec.train_on, "model.tokenizer.train_on")))
         return train_tokenizer(texts, vocab_size=spec.vocab_size)
-    return AutoTokenizer.from_pretrained(spec if spec is not None else cfg.model.llm)
+    name = spec if spec is not None else cfg.model.llm
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:  # a missing dir reads as a bad hub id; offline, a hub id is missing
+        key = "model.tokenizer" if spec is not None else "model.llm"
+        raise ConfigError(f"config key {key!r}: no tokenizer loads from {name!r} (a previous stage's "
+                          f"final/ that has not been trained yet? run that stage first): {e}") from e
 
 
 def _component(spec: str | dict[str, Any], weights: bool, extra: dict[str, Any] | None = None):
@@ -76,9 +84,29 @@ def build_model(cfg: Config, tokenizer) -> VLMBase:
                 f"config key 'model.init_from': {weights} not found (give a saved model dir, "
                 "e.g. a previous stage's RUN/final or RUN/checkpoints/best)"
             )
-        load_weights(model, read_weights(weights), source=str(weights))
+        if m.init_parts is None:
+            load_weights(model, read_weights(weights), source=str(weights))
+        else:
+            load_parts(model, read_weights(weights), m.init_parts, source=str(weights))
     model.train()
     return model
+
+
+# where each part's weights sit in a saved FoveatedVLM / MultiTokenVLM
+_PART_PREFIXES = {"vision": ("encoder.dino.", "dino."), "llm": ("llm.",), "connector": ("dino_to_llm.",)}
+assert tuple(_PART_PREFIXES) == INIT_PARTS
+
+
+def load_parts(model: VLMBase, sd: dict[str, torch.Tensor], parts: list[str], source: str) -> None:
+    """Load the named parts of a saved model (of either architecture) strictly into `model`."""
+    modules = {"vision": model.vision_model, "llm": model.llm, "connector": model.dino_to_llm}
+    for part in parts:
+        prefix = next((p for p in _PART_PREFIXES[part] if any(k.startswith(p) for k in sd)), None)
+        if prefix is None:
+            raise ConfigError(f"config key 'model.init_parts': {source} has no {part} weights "
+                              f"(no key starts with {' or '.join(_PART_PREFIXES[part])})")
+        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        load_weights(modules[part], sub, source=f"{source} [{part}]")
 
 
 def freeze(model: VLMBase, cfg: Config) -> None:

@@ -28,6 +28,7 @@ SCHEDULES = ("cosine", "constant", "converging")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 LOSSES = ("ce", "dpo")
 GROUPS = ("connector", "dino", "llm")
+INIT_PARTS = ("vision", "llm", "connector")  # model.init_parts: what trainer/build.py can load alone
 
 
 @dataclass
@@ -50,6 +51,8 @@ class ModelConfig:
     tokenizer: str | TokenizerSpec | None = None  # None: the LLM's own (llm must be an id/dir)
     fvlm: dict[str, Any] = field(default_factory=dict)  # FVLMConfig fields: layout, query_dim, ...
     init_from: str | None = None  # a saved model dir (a previous stage's final/ or checkpoint)
+    init_parts: list[str] | None = None  # with init_from: load only these (vision, llm, connector) from it,
+    # from either architecture; the rest keeps its fresh init (e.g. a B1 baseline from a foveated model)
     freeze_dino: bool = False
     freeze_llm: bool = False
     gradient_checkpointing: bool = False
@@ -366,6 +369,14 @@ def validate(cfg: Config) -> None:
             raise bad("loss.type" if cfg.loss.type != "ce" else "data.text_ratio",
                       "stage 0 has no text: use loss.type ce and data.text_ratio 0")
     _check_fvlm_keys(cfg.model.fvlm)
+    parts = cfg.model.init_parts
+    if parts is not None:
+        if cfg.model.init_from is None:
+            raise bad("model.init_parts", "names the parts of model.init_from to load: set model.init_from too")
+        unknown = sorted(set(parts) - set(INIT_PARTS))
+        if not parts or unknown or len(set(parts)) != len(parts):
+            raise bad("model.init_parts", f"{parts}: give some of {list(INIT_PARTS)}, each once "
+                      "(or leave it null to load every weight of model.init_from)")
     if cfg.model.init_from is not None and isinstance(cfg.model.tokenizer, TokenizerSpec):
         # a new tokenizer would not match the embeddings of the weights being loaded
         raise bad("model.tokenizer", "with model.init_from, use the tokenizer saved with those weights: "
