@@ -8,7 +8,7 @@ Same inputs, outputs and generate() as FoveatedVLM; the mode argument is accepte
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
