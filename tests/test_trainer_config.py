@@ -64,6 +64,12 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path, mutate, key):
         (lambda r: r["model"].update(init_parts=["llm"]), "model.init_parts"),  # parts of nothing
         (lambda r: r["model"].update(init_from="r/final", tokenizer="r/final", init_parts=["query"]), "model.init_parts"),
         (lambda r: r["model"].update(init_from="r/final", tokenizer="r/final", init_parts=[]), "model.init_parts"),
+        (lambda r: r.update(loss={"gaze_weight": 1.0}) or r["model"]["fvlm"].update(architecture="multi_token"),
+         "loss.gaze_weight"),  # B1 has no query
+        (lambda r: r.update(loss={"object_weight": 1.0, "token_weight": 1.0})
+         or r["model"]["fvlm"].update(architecture="multi_token"), "loss.token_weight"),
+        (lambda r: r.update(stage=0, loss={"object_weight": 1.0})
+         or r["model"]["fvlm"].update(architecture="multi_token"), "stage"),  # stage 0 trains the foveated encoder
     ],
 )
 def test_wrong_types_and_values_are_errors_naming_the_key(tmp_path, mutate, key):

@@ -464,6 +464,16 @@ def validate(cfg: Config) -> None:
     if cfg.loss.token_weight > 0 and set(cfg.mode_probs) == {"coarse_only"}:
         raise bad("loss.token_weight", "coarse_only training has no question-steered token; train "
                   "coarse_fine or autoregressive, or set it to 0")
+    architecture = cfg.model.fvlm.get("architecture", "foveated")
+    if architecture != "foveated":  # B1 has no query: nothing to steer, no token, no stage-0 encoder
+        for key in ("gaze_weight", "token_weight"):
+            if getattr(cfg.loss, key) > 0:
+                raise bad(f"loss.{key}", f"needs the foveated architecture's query, which {architecture!r} "
+                          "does not have; set it to 0")
+        if cfg.stage == 0:
+            raise bad("stage", f"vision pretraining (stage 0) trains the foveated encoder, not the "
+                      f"{architecture!r} architecture's; give stage 0 a foveated model and take its "
+                      "encoder later with model.init_parts: [vision]")
     if cfg.loss.type == "dpo" and cfg.stage != 3:
         raise bad("loss.type", f"dpo is a stage-3 loss (stage is {cfg.stage})")
     if cfg.loss.type == "dpo" and d.text_ratio > 0:

@@ -142,16 +142,9 @@ class Trainer:
         self.reference = reference_model(model).to(dist.device) if self.dpo else None
         freeze(model, cfg)
         if cfg.loss.object_weight > 0:  # a submodule for the optimizer and DDP; see checkpoint.model_only
-            if cfg.stage == 0 and model.architecture != "foveated":
-                raise ConfigError("config key 'stage': vision pretraining (stage 0) trains the foveated "
-                                  f"encoder, not the {model.architecture!r} architecture's; give "
-                                  "stage 0 a foveated model and init_from its encoder later")
             vision = model.config.vision
             setattr(model, ckpt.TRAIN_ONLY, ObjectHead(vision["hidden_size"], vision["patch_size"]))
-        if cfg.loss.gaze_weight > 0:
-            if model.architecture != "foveated":
-                raise ConfigError("config key 'loss.gaze_weight': gaze supervision needs the foveated "
-                                  f"architecture, not {model.architecture!r}")
+        if cfg.loss.gaze_weight > 0:  # foveated only (config.validate)
             model.encoder.attention_backend = "torch"  # the Triton kernel gives no gradient through probs
         self.model = model.to(dist.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
