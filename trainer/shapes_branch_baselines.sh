@@ -12,23 +12,13 @@
 #
 #   bash trainer/shapes_branch_baselines.sh
 set -euo pipefail
-PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if [ ! -f runs/shapes_vision/final/model.safetensors ]; then
-    echo "runs/shapes_vision/final is missing: run bash trainer/shapes_finetune.sh first" >&2
-    exit 1
-fi
+source trainer/chain.sh
+need_final runs/shapes_vision "run bash trainer/shapes_finetune.sh first"
 [ -d data/shapes128/test ] || "$PY" -m fvlm.cli make-shapes data/shapes128 --subsets test --eval-n 400 --workers 2
 
-for name in shapes_vision_vlm_a6 shapes_readout_a6 shapes_readout_mix_a6 \
-            shapes_vision_vlm_b1 shapes_readout_b1 shapes_readout_mix_b1; do
-    if [ -d "runs/$name/final" ]; then
-        echo "[baselines] $name: runs/$name/final exists, skipped"
-        continue
-    fi
-    "$PY" -m trainer.run --config "trainer/configs/$name.yaml" --no-wandb
-done
+run_chain baselines shapes_vision_vlm_a6 shapes_readout_a6 shapes_readout_mix_a6 \
+    shapes_vision_vlm_b1 shapes_readout_b1 shapes_readout_mix_b1
 for name in shapes_readout_mix shapes_readout_mix_a6 shapes_readout_mix_b1; do
     "$PY" -m fvlm.cli eval-shapes "runs/$name/final" --index data/shapes128/test/index.jsonl --limit 800 \
         --json "runs/$name/eval_test.json"

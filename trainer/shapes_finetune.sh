@@ -13,13 +13,9 @@
 #
 #   bash trainer/shapes_finetune.sh
 set -euo pipefail
-PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if [ ! -f runs/shapes_gpu2/final/model.safetensors ]; then
-    echo "runs/shapes_gpu2/final is missing: train it first (README.md, 'How it was trained')" >&2
-    exit 1
-fi
+source trainer/chain.sh
+need_final runs/shapes_gpu2 "train it first (README.md, 'How it was trained')"
 
 shapes() {  # shapes DIR SUBSET ARGS...: make one ShapesQA subset unless it exists
     local dir=$1 subset=$2
@@ -32,12 +28,6 @@ shapes data/shapes128b train --n 12000 --seed 1 --no-videos
 shapes data/shapes128s train --split easy --qtypes shape,color,caption --n 9000 --seed 2 --no-videos
 shapes data/shapes128e train --split easy --n 8000 --no-videos
 
-for name in shapes_objects shapes_objects_curriculum shapes_gaze shapes_token shapes_token_mix \
-            shapes_vision shapes_vision_vlm shapes_readout shapes_readout_mix; do
-    if [ -d "runs/$name/final" ]; then
-        echo "[shapes_finetune] $name: runs/$name/final exists, skipped"
-        continue
-    fi
-    "$PY" -m trainer.run --config "trainer/configs/$name.yaml" --no-wandb
-done
+run_chain shapes_finetune shapes_objects shapes_objects_curriculum shapes_gaze shapes_token shapes_token_mix \
+    shapes_vision shapes_vision_vlm shapes_readout shapes_readout_mix
 echo "[shapes_finetune] done: runs/shapes_readout_mix/final"
