@@ -20,6 +20,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export FVLM_ATTENTION_BACKEND=${FVLM_ATTENTION_BACKEND:-torch}  # no Triton autotuning in the budget
 
 DATA_ONLY=1 bash trainer/shapes_gpu.sh || exit 1
+mkdir -p runs
 # one baseline, in the background: train NAME -> runs/shapes_gpu_NAME(.log)
 train() {
     local name=$1 run=runs/shapes_gpu_$1 start=$SECONDS
