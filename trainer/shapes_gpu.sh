@@ -19,6 +19,7 @@ PY=${PYTHON:-python3}
 BUDGET=${1:-300}
 VISION_SECONDS=${VISION_SECONDS:-0}
 CLIPS=${CLIPS:-24000}
+EVAL_CLIPS=${EVAL_CLIPS:-400}
 BATCH=${BATCH:-128}
 WORKERS=${WORKERS:-$(($(nproc) > 3 ? $(nproc) - 2 : 1))}
 RUN=${RUN:-runs/shapes_gpu}
@@ -28,7 +29,7 @@ start=$SECONDS
 
 if [ ! -d data/shapes_gpu/val ]; then
     "$PY" -m fvlm.cli make-shapes data/shapes_gpu --n "$CLIPS" --subsets train --no-videos --workers "$WORKERS"
-    "$PY" -m fvlm.cli make-shapes data/shapes_gpu --eval-n 400 --subsets val --no-videos --workers "$WORKERS"
+    "$PY" -m fvlm.cli make-shapes data/shapes_gpu --eval-n "$EVAL_CLIPS" --subsets val --no-videos --workers "$WORKERS"
 fi
 echo "[shapes_gpu] data ready after $((SECONDS - start)) s"
 [ -z "${DATA_ONLY:-}" ] || exit 0
