@@ -1,5 +1,6 @@
-# Sourced by trainer/shapes_finetune.sh and trainer/shapes_branch_baselines.sh (from the repo root):
-# the shared set-up and the loop that trains a chain of configs, each from the one before.
+# Sourced by trainer/shapes_finetune.sh, trainer/shapes_branch_baselines.sh and
+# trainer/shapes_gpu_baselines.sh (from the repo root): the shared set-up, and the loop that trains a
+# chain of configs, each from the one before.
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 

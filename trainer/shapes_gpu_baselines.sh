@@ -13,14 +13,14 @@
 # When $OUT is set (the device tool) the final models (weights, config, tokenizer), metrics and
 # logs are packed into $OUT/baseline_{a6,b1}.tar.gz. Needs what trainer/shapes_gpu.sh needs.
 set -uo pipefail
-PY=${PYTHON:-python3}
 LIMIT=${1:-260}
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+source trainer/chain.sh
 export FVLM_ATTENTION_BACKEND=${FVLM_ATTENTION_BACKEND:-torch}  # no Triton autotuning in the budget
 
 DATA_ONLY=1 bash trainer/shapes_gpu.sh || exit 1
 mkdir -p runs
+newest_checkpoint() { ls -d "$1"/checkpoints/step_* 2>/dev/null | tail -n 1; }  # step names are zero-padded
 # one baseline, in the background: train NAME -> runs/shapes_gpu_NAME(.log)
 train() {
     local name=$1 run=runs/shapes_gpu_$1 start=$SECONDS
@@ -33,7 +33,7 @@ train() {
         echo "[baselines] $name: done in $((SECONDS - start)) s -> $run/final"
     else
         echo "[baselines] $name: exit $rc after $((SECONDS - start)) s, no final model (UNDER BUDGET);" \
-             "newest checkpoint: $(ls -d "$run"/checkpoints/step_* 2>/dev/null | tail -n 1)"
+             "newest checkpoint: $(newest_checkpoint "$run")"
         return 1
     fi
 }
@@ -48,7 +48,7 @@ for name in a6 b1; do tail -n 3 "runs/shapes_gpu_$name.log"; done
 if [ -n "${OUT:-}" ]; then  # one archive per baseline (about 10 MB each: the tool takes 16 MiB a file)
     for name in a6 b1; do
         run=runs/shapes_gpu_$name  # final/, or the newest checkpoint's weights if time ran out
-        keep=$([ -d "$run/final" ] || ls -d "$run"/checkpoints/step_* 2>/dev/null | tail -n 1)
+        keep=$([ -d "$run/final" ] || newest_checkpoint "$run")
         tar -czf "$OUT/baseline_$name.tar.gz" --exclude=optimizer.pt --exclude=rng.pt \
             $(ls -d "$run"/* "$run.log" 2>/dev/null | grep -v /checkpoints$) $keep
     done
