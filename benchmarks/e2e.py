@@ -15,7 +15,7 @@ path runs without graphs) and label them so; --smoke uses even smaller ones (a C
 
 Per frame count, batch 1 (bf16 on CUDA, fp32 on CPU):
 - TTFT: pixel tensors already on the device (decoded frames given; file decoding excluded) ->
-  logits of the first generated token (fvlm: `_prefill`; SmolVLM: one forward with
+  logits of the first generated token (fvlm: `prefill`; SmolVLM: one forward with
   logits_to_keep=1), median of repeats after warm-up;
 - step: the autoregressive frame step (deep query over one frame's cached K/V + one LLM token);
   eager: median gap between successive frames (on_step, synchronized); fast: the frame loop
@@ -183,9 +183,9 @@ def cache_kwarg(module: torch.nn.Module) -> str:
 def fvlm_ttft(model, batch: Batch, mode: str, path: str):
     """The call TTFT measures: prompt + frames -> logits of the first token (a Prefill)."""
     fast.set_mode(model, path)
-    if path != "off" and mode != "autoregressive":  # model._prefill dispatches only autoregressive
+    if path != "off" and mode != "autoregressive":  # model.prefill dispatches only autoregressive
         return fast.prefill(model, batch, mode)
-    return model._prefill(batch, mode, return_attention=False)
+    return model.prefill(batch, mode, return_attention=False)
 
 
 def smolvlm_ttft(model, inputs: dict, cache=None):
@@ -205,7 +205,7 @@ def eager_step_ms(model, batch: Batch, device: str) -> float:
 
     for _ in range(2):  # the first run warms up
         stamps.clear()
-        model._autoregressive(batch, cache, on_step=on_step)
+        model.read_frames_autoregressive(batch, cache, on_step=on_step)
     return statistics.median(b - a for a, b in itertools.pairwise(stamps)) * 1e3
 
 
@@ -352,7 +352,7 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
             inputs = ctx["inputs"] = smolvlm_inputs(s, T, device, dtype, g)
             methods = [("SmolVLM2-256M-shaped", lambda inputs=inputs: smolvlm_ttft(smol, inputs), smol, None,
                         smolvlm_tokens_per_frame(s)),
-                       ("B1 (16 tokens/frame)", lambda batch=batch: b1._prefill(batch, "coarse_only", False), b1,
+                       ("B1 (16 tokens/frame)", lambda batch=batch: b1.prefill(batch, "coarse_only", False), b1,
                         None, 16)]
             methods += [(f"fVLM {mode} {label[path]}",
                          lambda mode=mode, path=path, batch=batch: fvlm_ttft(fv, batch, mode, path), fv, path, 1)

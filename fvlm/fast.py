@@ -40,7 +40,7 @@ Design.
 Modes (`set_mode(model, m)`, or the environment variable FVLM_FAST; the default is "off": the
 static path is checked against the reference on CPU, but graph replay has not yet run on a GPU, so
 it stays opt-in until benchmarks/gpu_suite.sh has passed on one):
-- "off":     the transformers DynamicCache path of FoveatedVLM._autoregressive (the reference);
+- "off":     the transformers DynamicCache path of FoveatedVLM.read_frames_autoregressive (the reference);
 - "eager":   static slots, no graphs (any device; what the CPU equivalence tests run);
 - "graph":   static slots + CUDA graphs (on CPU the same as "eager");
 - "compile": "graph", with the frame step and the one-token step compiled by torch.compile first
@@ -50,10 +50,10 @@ that is not llama-family, dynamic RoPE, the shallow query (ablation A1), trainin
 autocast, or a batch without a real frame. Text blocks longer than MAX_GRAPH_TOKENS run without a
 graph; if a capture fails, a warning says so and the runner continues without graphs.
 
-Dispatch: FoveatedVLM._prefill(mode="autoregressive") calls `prefill` when `enabled()`, and
+Dispatch: FoveatedVLM.prefill(mode="autoregressive") calls `prefill` when `enabled()`, and
 FoveatedVLM.decoder(cache=FastCache) decodes from the static slots (any mode's FastCache).
 `prefill` also serves coarse_only / coarse_fine (their LLM passes through the same graphed
-forward, the query passes eager); FoveatedVLM._prefill does not route those modes here yet
+forward, the query passes eager); FoveatedVLM.prefill does not route those modes here yet
 (benchmarks.e2e calls `prefill` directly for them).
 """
 
@@ -469,7 +469,7 @@ class _Runners(dict):
 @torch.no_grad()
 def prefill(model: torch.nn.Module, batch: Batch, mode: str, return_attention: bool = False,
             on_step: Callable | None = None) -> Prefill:
-    """FoveatedVLM._prefill on the fast path: the same outputs; Prefill.cache is a FastCache.
+    """FoveatedVLM.prefill on the fast path: the same outputs; Prefill.cache is a FastCache.
 
     on_step(t, real [B], probs [n_real_t, L, H, N] | None) after each frame in autoregressive mode."""
     if mode not in VLM_MODES:
@@ -479,25 +479,25 @@ def prefill(model: torch.nn.Module, batch: Batch, mode: str, return_attention: b
         return _autoregressive(r, batch, return_attention, on_step)
     fm = batch.frame_mask
     cache = model.encode_frames(batch)
-    vis_c, probs_c, _ = model._visual(model._static_queries(cache.num_frames), cache, fm, return_attention)
+    vis_c, probs_c, _ = model.visual_embeddings(model.static_queries(cache.num_frames), cache, fm, return_attention)
     probs = coarse = None
     if mode == "coarse_fine":  # the coarse pass over [prefix, coarse tokens] in a scratch state
-        inp_c = model._inputs(batch, vis_c, with_suffix=False)
+        inp_c = model.llm_input(batch, vis_c, with_suffix=False)
         scratch = r.acquire(batch.batch_size, bucket(inp_c.mask.shape[1]))
         hidden_c = scratch.forward(inp_c.embeds, inp_c.mask)
         del scratch
-        vis, probs, _ = model._visual(model._fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
+        vis, probs, _ = model.visual_embeddings(model.fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
         coarse = probs_c
     else:
         vis, probs = vis_c, probs_c
-    inp = model._inputs(batch, vis)
+    inp = model.llm_input(batch, vis)
     fc = r.acquire(batch.batch_size, bucket(inp.mask.shape[1]) + DECODE_ROOM)
     h = fc.forward(inp.embeds, inp.mask)[:, -1]
     return _result(model, fc, h, probs, coarse)
 
 
 def _autoregressive(r: Runner, batch: Batch, return_attention: bool, on_step: Callable | None) -> Prefill:
-    """FoveatedVLM._autoregressive (with the KV cache) on static slots, one graph replay per frame.
+    """FoveatedVLM.read_frames_autoregressive (with the KV cache) on static slots, one graph replay per frame.
 
     The patch pass runs in chunks of FRAME_CHUNK frame slots, each just before its frames are read:
     the K/V cache of one chunk is alive at a time, and the host queues the next chunk's patch pass

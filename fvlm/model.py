@@ -61,23 +61,23 @@ class FoveatedVLM(VLMBase):
         """DINO patch pass over the real frames only (row-major over [B, T])."""
         return self.encoder.encode_patches(batch.pixel_values[batch.frame_mask])
 
-    def _scatter(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    def scatter_frames(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """[n_real, ...] -> [B, T, ...] with zeros at padded frames."""
         out = x.new_zeros((*frame_mask.shape, *x.shape[1:]))
         out[frame_mask] = x
         return out
 
-    def _visual(self, queries: torch.Tensor, cache: PatchCache, frame_mask: torch.Tensor,
+    def visual_embeddings(self, queries: torch.Tensor, cache: PatchCache, frame_mask: torch.Tensor,
                 return_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """queries [n_real, qd] -> visual embeddings [B, T, d_llm] (+ probs [n_real, L, H, N]),
         and the tokens z [n_real, D] they were projected from."""
         z, probs = self.encoder.query_attend(queries, cache, return_attention)
-        return self._scatter(self.project(z), frame_mask), probs, z
+        return self.scatter_frames(self.project(z), frame_mask), probs, z
 
-    def _static_queries(self, n: int) -> torch.Tensor:
+    def static_queries(self, n: int) -> torch.Tensor:
         return self.q_static.expand(n, -1)
 
-    def _inputs(self, batch: Batch, visual: torch.Tensor, with_suffix: bool = True) -> LLMInput:
+    def llm_input(self, batch: Batch, visual: torch.Tensor, with_suffix: bool = True) -> LLMInput:
         suffix = [batch.suffix_ids, batch.suffix_mask, batch.suffix_targets]
         if not with_suffix:
             suffix = [t[:, :0] for t in suffix]
@@ -86,7 +86,7 @@ class FoveatedVLM(VLMBase):
             visual, batch.frame_mask, *suffix,
         )
 
-    def _fine_queries(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def fine_queries(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Queries [B, T, qd] from the hidden states [B, P+T(+S), d] of a pass over the visual block.
 
         Frame t reads the hidden state of the slot before it: frame t-1's, or for frame 0 the last
@@ -108,11 +108,11 @@ class FoveatedVLM(VLMBase):
         if mode not in ("coarse_only", "coarse_fine"):
             raise InputError(f"visual_tokens supports coarse_only and coarse_fine, not {mode!r}")
         cache = self.encode_frames(batch)
-        z, _ = self.encoder.query_attend(self._static_queries(cache.num_frames), cache)
+        z, _ = self.encoder.query_attend(self.static_queries(cache.num_frames), cache)
         if mode == "coarse_fine":
-            inp = self._inputs(batch, self._scatter(self.project(z), batch.frame_mask), with_suffix=False)
+            inp = self.llm_input(batch, self.scatter_frames(self.project(z), batch.frame_mask), with_suffix=False)
             hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
-            z, _ = self.encoder.query_attend(self._fine_queries(hidden, batch)[batch.frame_mask], cache)
+            z, _ = self.encoder.query_attend(self.fine_queries(hidden, batch)[batch.frame_mask], cache)
         return z
 
     # ---- training / scoring forward -----------------------------------------------------------
@@ -139,7 +139,7 @@ class FoveatedVLM(VLMBase):
         fm = batch.frame_mask
         if not bool(fm.any()):  # text only: no visual tokens, every mode is the same LLM pass
             visual = self.q_static.new_zeros(*fm.shape, self.llm.config.hidden_size)
-            inp = self._inputs(batch, visual)
+            inp = self.llm_input(batch, visual)
             hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
             out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels))
             out.loss = out.text.loss
@@ -148,15 +148,15 @@ class FoveatedVLM(VLMBase):
                 out.loss = out.loss + self.config.lambda_coarse * out.coarse.loss
         elif mode == "autoregressive":
             cache = self.encode_frames(batch)
-            run = self._autoregressive(batch, cache, return_attention=return_attention)
+            run = self.read_frames_autoregressive(batch, cache, return_attention=return_attention)
             hidden, inp, probs = run["hidden"], run["input"], run["attention"]
             out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs, tokens=run["tokens"])
             out.loss = out.text.loss
         else:
             cache = self.encode_frames(batch)
-            static = self._static_queries(cache.num_frames)
-            vis_c, probs_c, z_c = self._visual(static, cache, fm, return_attention)
-            inp_c = self._inputs(batch, vis_c, with_suffix=(mode == "coarse_only" or measure_coarse
+            static = self.static_queries(cache.num_frames)
+            vis_c, probs_c, z_c = self.visual_embeddings(static, cache, fm, return_attention)
+            inp_c = self.llm_input(batch, vis_c, with_suffix=(mode == "coarse_only" or measure_coarse
                                                             or self.config.lambda_coarse > 0))
             hidden_c = self.decoder(inp_c.embeds, inp_c.mask, inp_c.position_ids)
             if mode == "coarse_only":
@@ -164,9 +164,9 @@ class FoveatedVLM(VLMBase):
                 out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs, tokens=z_c)
                 out.loss = out.text.loss
             else:
-                queries = self._fine_queries(hidden_c, batch)[fm]  # [n_real, qd]
-                vis_f, probs, z_f = self._visual(queries, cache, fm, return_attention)
-                inp = self._inputs(batch, vis_f)
+                queries = self.fine_queries(hidden_c, batch)[fm]  # [n_real, qd]
+                vis_f, probs, z_f = self.visual_embeddings(queries, cache, fm, return_attention)
+                inp = self.llm_input(batch, vis_f)
                 hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
                 out = VLMOutput(loss=None, text=self.loss(hidden, inp.labels), attention=probs,
                                 coarse_attention=probs_c, tokens=z_f)
@@ -184,7 +184,7 @@ class FoveatedVLM(VLMBase):
             out.tokens = None
         return out
 
-    def _autoregressive(
+    def read_frames_autoregressive(
         self, batch: Batch, cache: PatchCache, return_attention: bool = False, use_cache: bool = True,
         on_step: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None,
     ) -> dict:
@@ -212,7 +212,7 @@ class FoveatedVLM(VLMBase):
                 has_prev = batch.prefix_mask[:, -1] if t == 0 else fm[:, t - 1]
                 q = torch.where(has_prev[:, None], self.llm_to_query(last), q)
             z, p = self.encoder.query_attend(q[real], cache.select(row[real, t]), return_attention)
-            tokens.append(self._scatter(self.project(z), real))  # [B, d]
+            tokens.append(self.scatter_frames(self.project(z), real))  # [B, d]
             probs.append(p)
             zs.append(z)
             visual = torch.stack(tokens, dim=1)  # [B, t+1, d]
@@ -220,7 +220,7 @@ class FoveatedVLM(VLMBase):
                 mask = torch.cat([batch.prefix_mask, fm[:, : t + 1]], dim=1)
                 h = self.decoder(visual[:, -1:], mask, positions(mask)[:, -1:], kv)
             else:
-                inp = self._inputs(_truncate(batch, t + 1), visual, with_suffix=False)
+                inp = self.llm_input(_truncate(batch, t + 1), visual, with_suffix=False)
                 h = self.decoder(inp.embeds, inp.mask, inp.position_ids)[:, -1:]
             hiddens.append(h)
             last = h[:, 0]
@@ -229,7 +229,7 @@ class FoveatedVLM(VLMBase):
 
         d_llm = self.llm.config.hidden_size
         visual = torch.stack(tokens, dim=1) if tokens else self.q_init.new_zeros(B, 0, d_llm)
-        inp = self._inputs(batch, visual)
+        inp = self.llm_input(batch, visual)
         S = batch.suffix_ids.shape[1]
         if not use_cache:
             hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
@@ -248,29 +248,29 @@ class FoveatedVLM(VLMBase):
         return {"hidden": hidden, "input": inp, "attention": attention, "cache": kv, "tokens": z_rows}
 
     # ---- generation ---------------------------------------------------------------------------
-    def _prefill(self, batch: Batch, mode: str, return_attention: bool,
+    def prefill(self, batch: Batch, mode: str, return_attention: bool,
                  on_step: Callable | None = None) -> Prefill:
         if mode == "autoregressive" and fast.enabled(self, batch):  # static KV cache + CUDA graphs
             return fast.prefill(self, batch, mode, return_attention, on_step)
         cache = self.encode_frames(batch)
         fm = batch.frame_mask
         if mode == "autoregressive":
-            run = self._autoregressive(batch, cache, return_attention, on_step=on_step)
+            run = self.read_frames_autoregressive(batch, cache, return_attention, on_step=on_step)
             inp = run["input"]
             return Prefill(
                 cache=run["cache"], mask=inp.mask, next_position=inp.mask.sum(1),
                 logits=self.llm.get_output_embeddings()(run["hidden"][:, -1]),
                 attention=run["attention"],
             )
-        vis_c, probs_c, _ = self._visual(self._static_queries(cache.num_frames), cache, fm, return_attention)
+        vis_c, probs_c, _ = self.visual_embeddings(self.static_queries(cache.num_frames), cache, fm, return_attention)
         if mode == "coarse_only":
-            pre = self._full_prefill(batch, self._inputs(batch, vis_c))
+            pre = self.full_prefill(batch, self.llm_input(batch, vis_c))
             pre.attention = probs_c
             return pre
-        inp_c = self._inputs(batch, vis_c, with_suffix=False)
+        inp_c = self.llm_input(batch, vis_c, with_suffix=False)
         hidden_c = self.decoder(inp_c.embeds, inp_c.mask, inp_c.position_ids)
-        vis_f, probs_f, _ = self._visual(self._fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
-        pre = self._full_prefill(batch, self._inputs(batch, vis_f))
+        vis_f, probs_f, _ = self.visual_embeddings(self.fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
+        pre = self.full_prefill(batch, self.llm_input(batch, vis_f))
         pre.attention, pre.coarse_attention = probs_f, probs_c
         return pre
 
@@ -293,10 +293,10 @@ class FoveatedVLM(VLMBase):
             "entropy": (ent.mean(1) if layer is None else ent[:, layer]).cpu().numpy(),
         }
 
-    def _attention_maps(self, pre: Prefill, batch: Batch) -> list[dict[str, np.ndarray]]:
+    def attention_maps(self, pre: Prefill, batch: Batch) -> list[dict[str, np.ndarray]]:
         """Split the batch's attention summaries per sample (+ the coarse map in coarse_fine)."""
         if pre.attention is None:
-            return super()._attention_maps(pre, batch)
+            return super().attention_maps(pre, batch)
         bounds = np.cumsum([0] + batch.frame_mask.sum(1).tolist())
         fine = self.attention_summary(pre.attention)
         coarse = None if pre.coarse_attention is None else self.attention_summary(pre.coarse_attention)

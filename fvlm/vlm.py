@@ -1,7 +1,7 @@
 """VLMBase: what every fvlm model shares — the LLM, inputs, loss plumbing, generate, save/load.
 
 Subclasses (FoveatedVLM, MultiTokenVLM) say how frames become visual tokens: `forward` for
-training/scoring and `_prefill` for generation. Everything else lives here once.
+training/scoring and `prefill` for generation. Everything else lives here once.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class VLMBase(nn.Module):
     def forward(self, batch: Batch, mode: str = "coarse_fine", **kw) -> VLMOutput:
         raise NotImplementedError
 
-    def _prefill(self, batch: Batch, mode: str, return_attention: bool,
+    def prefill(self, batch: Batch, mode: str, return_attention: bool,
                  on_step: Callable | None = None) -> Prefill:
         raise NotImplementedError
 
@@ -141,7 +141,7 @@ class VLMBase(nn.Module):
         """Attention probs [n, L, H, N] -> per-frame heatmap fields (models with a query)."""
         return {}
 
-    def _attention_maps(self, pre: Prefill, batch: Batch) -> list[dict[str, np.ndarray]]:
+    def attention_maps(self, pre: Prefill, batch: Batch) -> list[dict[str, np.ndarray]]:
         """Per sample, the GenerateOutput attention fields (none for models without a query)."""
         return [{} for _ in range(batch.batch_size)]
 
@@ -224,8 +224,8 @@ class VLMBase(nn.Module):
                 callback(frame_event(b, t, maps, j))
 
         live = callback is not None and mode == "autoregressive"
-        pre = self._prefill(batch, mode, return_attention, on_step=on_step if live else None)
-        maps = self._attention_maps(pre, batch) if return_attention else [{} for _ in clips]
+        pre = self.prefill(batch, mode, return_attention, on_step=on_step if live else None)
+        maps = self.attention_maps(pre, batch) if return_attention else [{} for _ in clips]
         if callback is not None and not live:
             for b, m in enumerate(maps):
                 for t in range(len(crops[b])):
@@ -300,7 +300,7 @@ class VLMBase(nn.Module):
         eos = set(self.eos_ids)
         return [row[: next((j for j, t in enumerate(row) if t in eos), len(row))] for row in rows]
 
-    def _full_prefill(self, batch: Batch, inp) -> Prefill:
+    def full_prefill(self, batch: Batch, inp) -> Prefill:
         """Prefill for modes whose whole input is known up front: one cached LLM pass."""
         cache = self.new_cache()
         h = self.decoder(inp.embeds, inp.mask, inp.position_ids, cache)

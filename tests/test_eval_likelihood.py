@@ -14,7 +14,7 @@ def _teacher_forced(model, clip, question, answer_ids, mode):
     """Reference through the generation path: prefill the prompt, then feed the answer token by token
     through the LLM KV cache, summing log p(token) and checking each is the argmax."""
     batch = model.collate([model.sample(clip, question)], for_generation=True).to(model.device, model.dtype)
-    pre = model._prefill(batch, mode, return_attention=False)
+    pre = model.prefill(batch, mode, return_attention=False)
     logits, mask, pos = pre.logits, pre.mask, pre.next_position
     total, greedy = 0.0, True
     for tok in answer_ids:

@@ -39,7 +39,7 @@ def run(model, batch, mode, path, steps=6, return_attention=True):
     """Prefill under `path`, then `steps` greedy tokens through model.decoder: (prefill, logits list, ids)."""
     fast.set_mode(model, path)
     with torch.inference_mode():
-        pre = model._prefill(batch, mode, return_attention) if path == "off" or mode == "autoregressive" \
+        pre = model.prefill(batch, mode, return_attention) if path == "off" or mode == "autoregressive" \
             else fast.prefill(model, batch, mode, return_attention=return_attention)
         logits, mask, pos, ids = [pre.logits], pre.mask, pre.next_position, []
         lm = model.llm.get_output_embeddings()
@@ -101,7 +101,7 @@ def test_generate_dispatches_autoregressive_to_the_fast_path(make_model, monkeyp
     def fail(*a, **k):
         raise AssertionError("the DynamicCache path ran")
 
-    monkeypatch.setattr(model, "_autoregressive", fail)
+    monkeypatch.setattr(model, "read_frames_autoregressive", fail)
     fast.set_mode(model, "eager")
     out = model.generate(video, "What color is the square?", max_new_tokens=6)
     assert out.token_ids == ref.token_ids
@@ -132,7 +132,7 @@ def test_live_caches_never_share_slots(make_model):
     ref_a, ref_b = run(model, a, "autoregressive", "off"), run(model, b, "autoregressive", "off")
     fast.set_mode(model, "eager")
     with torch.inference_mode():  # two prefills alive at once, decoded interleaved
-        pa, pb = model._prefill(a, "autoregressive", True), model._prefill(b, "autoregressive", True)
+        pa, pb = model.prefill(a, "autoregressive", True), model.prefill(b, "autoregressive", True)
         assert pa.cache.state is not pb.cache.state
         lm = model.llm.get_output_embeddings()
         for pre, (_, logits_r, _) in ((pa, ref_a), (pb, ref_b)):
@@ -144,7 +144,7 @@ def test_live_caches_never_share_slots(make_model):
                 assert (lm(h[:, -1]) - logits_r[step + 1]).abs().max() < 1e-4
         states = len(fast.runner(model).states)
         del pa, pb  # released: the next prefill reuses a state
-        model._prefill(a, "autoregressive", False)
+        model.prefill(a, "autoregressive", False)
         assert len(fast.runner(model).states) == states
 
 

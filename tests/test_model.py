@@ -103,8 +103,8 @@ def test_autoregressive_cache_matches_full_recompute(make_model):
     batch = collate([make_sample(model, 4, seed=1), make_sample(model, 2, "How many?", "three", seed=2)])
     with torch.no_grad():
         cache = model.encode_frames(batch)
-        fast = model._autoregressive(batch, cache, use_cache=True)
-        slow = model._autoregressive(batch, cache, use_cache=False)
+        fast = model.read_frames_autoregressive(batch, cache, use_cache=True)
+        slow = model.read_frames_autoregressive(batch, cache, use_cache=False)
     mask = fast["input"].mask
     lm = model.llm.get_output_embeddings()
     diff = (lm(fast["hidden"]) - lm(slow["hidden"]))[mask].abs().max().item()
