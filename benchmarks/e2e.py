@@ -4,9 +4,10 @@
 
 Models, built from configs with random weights (timing does not depend on the weights):
 - fVLM-135M-shaped: DINOv2-S/14 at 224 px (257 keys/frame) + SmolLM2-135M, one token per frame,
-  text_first layout; measured in coarse_fine and autoregressive mode, eager (the transformers
-  DynamicCache path, fvlm.fast mode "off") and on the fast path (fvlm.fast: static KV cache, CUDA
-  graphs; "compiled" adds torch.compile of the frame step and the one-token step);
+  text_first layout; measured in coarse_fine and autoregressive mode, eager (the reference path:
+  transformers with a DynamicCache, generate(fast=False)) and on the inference engine ("fast":
+  fvlm.engine, static KV cache and CUDA graphs; "compiled": Engine(compile=True), torch.compile of the
+  frame step and the one-token step);
 - SmolVLM2-256M-shaped: transformers' SmolVLMForConditionalGeneration with SigLIP-B/16 at 512 px
   and pixel shuffle x4 (1024 patches -> 64 tokens per frame), the same SmolLM2-135M, eager;
 - B1: fvlm's MultiTokenVLM, the same DINO and LLM, 16 pooled tokens per frame, eager.
@@ -24,7 +25,8 @@ Per frame count, batch 1 (bf16 on CUDA, fp32 on CPU):
 - memory: peak and transient (peak minus the level before the call; weights excluded) of one
   TTFT call; the fast path's static slots and graph pools are listed as "held" (they outlive
   the call, like weights, and are reused by the next one).
-Ratios are fVLM / SmolVLM2-shaped at the largest frame count. Prints a table, writes e2e.md,
+Ratios are fVLM / SmolVLM2-shaped at the largest frame count, and engine / eager (TTFT, step) in the
+same run. Prints a table, writes e2e.md,
 e2e.json and e2e.png (TTFT and memory against frames) to --out, and ends with one JSON line.
 """
 
@@ -42,8 +44,9 @@ from pathlib import Path
 
 import torch
 
-from fvlm import fast
 from fvlm.batch import Batch
+from fvlm.encoder import PatchCache
+from fvlm.engine import DECODE_ROOM, Engine, Graph
 
 from .common import (
     allocated_mib,
@@ -57,7 +60,7 @@ from .common import (
     write_outputs,
 )
 
-TARGETS = {  # issue #8, for the full-size models on an H100 at 64 frames
+TARGETS = {  # the goals for the full-size models on an H100 at 64 frames
     "ttft_coarse_fine": 0.25, "ttft_autoregressive": 1.0, "transient_memory_coarse_fine": 0.2,
     "transient_memory_autoregressive": 0.2, "step_ms": 1.0,
 }
@@ -180,12 +183,12 @@ def cache_kwarg(module: torch.nn.Module) -> str:
 
 
 # ---- measurements -------------------------------------------------------------------------------
-def fvlm_ttft(model, batch: Batch, mode: str, path: str):
-    """The call TTFT measures: prompt + frames -> logits of the first token (a Prefill)."""
-    fast.set_mode(model, path)
-    if path != "off" and mode != "autoregressive":  # model.prefill dispatches only autoregressive
-        return fast.prefill(model, batch, mode)
-    return model.prefill(batch, mode, return_attention=False)
+def fvlm_ttft(model, batch: Batch, mode: str, engine: Engine | None):
+    """The call TTFT measures: prompt + frames -> logits of the first token (a Prefill), on `engine`
+    (None: the reference path)."""
+    if engine is not None:
+        return engine.prefill(batch, mode)
+    return model.prefill(batch, mode, return_attention=False, fast=False)
 
 
 def smolvlm_ttft(model, inputs: dict, cache=None):
@@ -195,7 +198,6 @@ def smolvlm_ttft(model, inputs: dict, cache=None):
 
 def eager_step_ms(model, batch: Batch, device: str) -> float:
     """Median gap between successive frames of the eager (DynamicCache) autoregressive loop."""
-    fast.set_mode(model, "off")
     cache = model.encode_frames(batch)
     stamps: list[float] = []
 
@@ -209,21 +211,19 @@ def eager_step_ms(model, batch: Batch, device: str) -> float:
     return statistics.median(b - a for a, b in itertools.pairwise(stamps)) * 1e3
 
 
-def fast_step_ms(model, batch: Batch, device: str, path: str, repeat: int) -> float:
-    """The fast frame loop (one graph replay per frame on CUDA), timed as a whole / frames."""
-    fast.set_mode(model, path)
-    r = fast.runner(model)
-    cache = model.encode_frames(batch)
+def fast_step_ms(engine: Engine, batch: Batch, device: str, repeat: int) -> float:
+    """The engine's frame loop (one graph replay per frame on CUDA), timed as a whole / frames."""
+    cache = engine.model.encode_frames(batch)
     T = batch.frame_mask.shape[1]
     flags = torch.ones((2, 1), dtype=torch.bool, device=device)
-    fc = r.acquire(1, T + fast.DECODE_ROOM)
+    fc = engine.acquire(1, T + DECODE_ROOM)
     times = []
     for i in range(repeat + 1):  # the first pass captures / compiles
         fc.state.reset()
         sync(device)
         start = time.perf_counter()
         for t in range(T):
-            r.frame(fc.state, cache, [t], flags, False)
+            engine.frame(fc.state, cache, [t], flags, False)
         sync(device)
         if i:
             times.append((time.perf_counter() - start) * 1e3 / T)
@@ -241,19 +241,14 @@ def decode_tok_s(step, first: torch.Tensor, n: int, device: str) -> float:
     return n / (time.perf_counter() - start)
 
 
-def fvlm_decode(model, batch: Batch, path: str, n: int, device: str) -> float:
+def fvlm_decode(model, batch: Batch, engine: Engine | None, n: int, device: str) -> float:
     """Decode tokens/s after an autoregressive prefill; the first round warms up (graph capture)."""
     lm = model.llm.get_output_embeddings()
     for _ in range(2):
-        pre = fvlm_ttft(model, batch, "autoregressive", path)
-        mask, pos = pre.mask, pre.next_position
+        pre = fvlm_ttft(model, batch, "autoregressive", engine)
 
         def step(ids: torch.Tensor, pre=pre) -> torch.Tensor:
-            nonlocal mask, pos
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            h = model.decoder(model.embed(ids[:, None]), mask, pos[:, None], pre.cache)
-            pos = pos + 1
-            return lm(h[:, -1])
+            return lm(pre.cache.append(model.embed(ids[:, None]))[:, -1])
 
         tok_s = decode_tok_s(step, pre.logits, n, device)
     return tok_s
@@ -285,25 +280,23 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, float | bool]:
     return {"rel_err": float((a - b).norm() / b.norm()), "same_argmax": bool((a.argmax(-1) == b.argmax(-1)).all())}
 
 
-def step_parts(model, batch: Batch, device: str, paths: dict[str, str], repeat: int) -> dict[str, float]:
-    """The frame step's two halves alone, as in issue #8's reference (ms): the deep query over one
-    frame's K/V, and one LLM token (eager: transformers with a DynamicCache; else fvlm.fast)."""
-    fast.set_mode(model, "off")
+def step_parts(model, batch: Batch, device: str, engines: dict[str, Engine | None], repeat: int
+               ) -> dict[str, float]:
+    """The frame step's two halves alone (ms): the deep query over one frame's K/V, and one LLM token
+    (eager: transformers with a DynamicCache; else the engine). engines: name -> engine (None: eager)."""
     kv = model.encode_frames(batch).select(torch.zeros(1, dtype=torch.long, device=device)).kv
     q = model.llm_to_query(model.embed(batch.prefix_ids[:, -1]))  # [1, qd]
-    query = lambda: fast.deep_query(model.encoder, q, kv, False, None)
+    query = lambda: model.encoder.query_attend(q, PatchCache(kv=kv))
     out = {"query_eager_ms": time_ms(query, device, 3, repeat)}
     if device == "cuda":
-        g = fast.Graph(query, {}, None)
+        g = Graph(query, {}, None)
         out["query_graph_ms"] = time_ms(g.replay, device, 3, repeat)
     x = model.embed(batch.suffix_ids[:, -1:])  # [1, 1, d]
-    for path, name in paths.items():
-        pre = fvlm_ttft(model, batch, "coarse_only", path)  # a cache holding a short prompt
-        mask = torch.ones((1, pre.mask.shape[1] + 4 * repeat), dtype=torch.bool, device=device)
+    for name, engine in engines.items():
+        pre = fvlm_ttft(model, batch, "coarse_only", engine)  # a cache holding a short prompt
 
-        def token(pre=pre, mask=mask) -> torch.Tensor:  # one more token into the cache
-            return model.decoder(x, mask[:, : pre.cache.get_seq_length() + 1], pre.next_position[:, None],
-                                 pre.cache)
+        def token(pre=pre) -> torch.Tensor:  # one more token into the cache
+            return pre.cache.append(x)
 
         out[f"llm_token_{name}_ms"] = time_ms(token, device, 3, repeat)
     return {k: round(v, 3) for k, v in out.items()}
@@ -312,8 +305,8 @@ def step_parts(model, batch: Batch, device: str, paths: dict[str, str], repeat: 
 # ---- the run ------------------------------------------------------------------------------------
 def measure(name: str, fn, model, path: str | None, per_frame: int, T: int, ctx: dict) -> dict:
     """One table row: TTFT, memory (+ step and decode speed where they apply)."""
-    device, fv = ctx["device"], ctx["fvlm"]
-    fast.release(model)  # so "held" counts the fast path's slots and graphs
+    device, fv, engine = ctx["device"], ctx["fvlm"], ctx["engines"].get(path)
+    release(ctx["engines"])  # so "held" counts the engine's slots and graphs
     held = allocated_mib(device)
     slow = "autoregressive eager" in name  # ~29 ms per frame on an H100: fewer runs
     ms = time_ms(fn, device, 1 if slow else ctx["warmup"], 3 if slow else ctx["repeat"])
@@ -322,9 +315,9 @@ def measure(name: str, fn, model, path: str | None, per_frame: int, T: int, ctx:
            **memory_mib(fn, device), "held_MiB": round(held, 1) if path not in (None, "off") else 0.0}
     if name.startswith("fVLM autoregressive"):
         batch = ctx["batch"]
-        row["step_ms"] = round(eager_step_ms(fv, batch, device) if path == "off"
-                               else fast_step_ms(fv, batch, device, path, repeat=3), 3)
-        row["decode_tok_s"] = round(fvlm_decode(fv, batch, path, ctx["decode_tokens"], device), 1)
+        row["step_ms"] = round(eager_step_ms(fv, batch, device) if engine is None
+                               else fast_step_ms(engine, batch, device, repeat=3), 3)
+        row["decode_tok_s"] = round(fvlm_decode(fv, batch, engine, ctx["decode_tokens"], device), 1)
     if name.startswith("SmolVLM"):
         row["decode_tok_s"] = round(smolvlm_decode(model, ctx["inputs"], ctx["decode_tokens"], device), 1)
     return row
@@ -342,7 +335,8 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
     paths = ["off", "graph"] + (["compile"] if compile_ else [])
     label = {"off": "eager", "graph": "fast" if cuda else "fast (static cache, no graphs on CPU)",
              "compile": "compiled"}
-    ctx = {"device": device, "fvlm": fv, "decode_tokens": decode_tokens,
+    engines = {"off": None, "graph": Engine(fv), **({"compile": Engine(fv, compile=True)} if compile_ else {})}
+    ctx = {"device": device, "fvlm": fv, "decode_tokens": decode_tokens, "engines": engines,
            "warmup": 3 if cuda else 1, "repeat": 10 if cuda else 3}
     rows, checks, failed = [], {}, set()
     with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
@@ -355,7 +349,8 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
                        ("B1 (16 tokens/frame)", lambda batch=batch: b1.prefill(batch, "coarse_only", False), b1,
                         None, 16)]
             methods += [(f"fVLM {mode} {label[path]}",
-                         lambda mode=mode, path=path, batch=batch: fvlm_ttft(fv, batch, mode, path), fv, path, 1)
+                         lambda mode=mode, path=path, batch=batch: fvlm_ttft(fv, batch, mode, engines[path]), fv,
+                         path, 1)
                         for mode in ("coarse_fine", "autoregressive") for path in paths
                         if path != "compile" or mode == "autoregressive"]  # compile serves the steps only
             for name, fn, model, path, per_frame in methods:
@@ -372,15 +367,15 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
                 print(json.dumps(row), flush=True)
             if T == frames[0]:  # fast vs eager on the same inputs
                 for mode in ("coarse_fine", "autoregressive"):
-                    ref = fvlm_ttft(fv, batch, mode, "off").logits
+                    ref = fvlm_ttft(fv, batch, mode, None).logits
                     for path in paths[1:]:
                         if path not in failed and (path != "compile" or mode == "autoregressive"):
                             checks[f"{mode} {label[path]} vs eager"] = agreement(
-                                fvlm_ttft(fv, batch, mode, path).logits, ref)
-            fast.release(fv)
-        parts = step_parts(fv, batch, device, {p: label[p].split()[0] for p in paths if p not in failed},
+                                fvlm_ttft(fv, batch, mode, engines[path]).logits, ref)
+            release(engines)
+        parts = step_parts(fv, batch, device, {label[p].split()[0]: engines[p] for p in paths if p not in failed},
                            ctx["repeat"])
-        fast.release(fv)
+        release(engines)
     notes = sorted({str(w.message)[:500] for w in caught if "fvlm" in w.filename})
     return {
         "benchmark": "e2e", "shapes": shapes, "label": s.label, "standins": shapes != "full",
@@ -390,8 +385,15 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
     }
 
 
+def release(engines: dict[str, Engine | None]) -> None:
+    """Free every engine's static slots and graphs."""
+    for e in engines.values():
+        if e is not None:
+            e.release()
+
+
 def ratios(rows: list[dict], T: int) -> dict[str, float | None]:
-    """fVLM / SmolVLM2-shaped at T frames (fast path where measured)."""
+    """fVLM / SmolVLM2-shaped at T frames (the engine where measured), and engine / eager."""
     at = {r["method"]: r for r in rows if r["frames"] == T and "error" not in r}
     ref = at["SmolVLM2-256M-shaped"]
 
@@ -407,9 +409,12 @@ def ratios(rows: list[dict], T: int) -> dict[str, float | None]:
         out[f"transient_memory_{mode}_eager"] = round(eager["transient_MiB"] / max(ref["transient_MiB"], 1e-9), 3)
         if quick:
             out[f"transient_memory_{mode}"] = round(quick["transient_MiB"] / max(ref["transient_MiB"], 1e-9), 3)
+            out[f"engine_vs_eager_ttft_{mode}"] = round(quick["ttft_ms"] / eager["ttft_ms"], 3)
     out["step_ms_eager"] = at["fVLM autoregressive eager"]["step_ms"]
     step = best("autoregressive", "step_ms")
     out["step_ms"] = step["step_ms"] if step else None
+    if step:
+        out["engine_vs_eager_step"] = round(step["step_ms"] / out["step_ms_eager"], 3)
     return out
 
 
@@ -421,7 +426,7 @@ def table(result: dict) -> str:
          f"{m['date']}, torch {m['torch']}, transformers {m['transformers']}, {m['cpu_count']} CPUs "
          f"(load {m['load_avg_1min']}). Weights (MiB): {result['weights_MiB']}."), "",
         ("TTFT: decoded pixels on the device -> first token's logits. step: one autoregressive frame "
-         "(deep query + one LLM token). transient: peak minus before the call; held: the fast path's "
+         "(deep query + one LLM token). transient: peak minus before the call; held: the engine's "
          "static KV slots and CUDA-graph pools, kept between calls."), "",
     ]
     header = ["frames", "method", "visual tokens", "TTFT ms", "step ms", "decode tok/s", "peak MiB",
@@ -431,15 +436,16 @@ def table(result: dict) -> str:
             else [r["frames"], r["method"], "failed: " + r["error"][:200]] + [""] * 6 for r in result["rows"]]
     lines.append(markdown_table(header, body))
     T = max(result["frames"])
-    lines.append(f"Ratios fVLM / SmolVLM2-shaped at {T} frames (target in brackets where the issue sets one):\n")
+    lines.append(f"Ratios at {T} frames, fVLM / SmolVLM2-shaped and engine / eager (engine_vs_eager_*; "
+                 "target in brackets where one is set):\n")
     for k, v in result["ratios"].items():
         lines.append(f"- {k}: {v}" + (f" [<= {TARGETS[k]}]" if k in TARGETS else ""))
-    lines.append("\nThe frame step's halves alone (ms; eager: transformers + DynamicCache; graph, fast, compiled: "
-                 "fvlm.fast, replayed from CUDA graphs on CUDA): "
+    lines.append("\nThe frame step's halves alone (ms; eager: transformers + DynamicCache; fast, compiled: "
+                 "fvlm.engine, replayed from CUDA graphs on CUDA): "
                  + ", ".join(f"{k.removesuffix('_ms')} {v}" for k, v in result["step_parts_ms"].items()))
     for w in result["warnings"]:
         lines.append(f"\nwarning: {w}")
-    lines.append("\nFast path vs eager (same inputs, logits of the first token): "
+    lines.append("\nEngine vs eager (same inputs, logits of the first token): "
                  + "; ".join(f"{k}: rel err {v['rel_err']:.2e}, same argmax {v['same_argmax']}"
                              for k, v in result["fast_vs_eager"].items()))
     return "\n".join(lines) + "\n"

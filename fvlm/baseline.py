@@ -78,5 +78,5 @@ class MultiTokenVLM(VLMBase):
             out.hidden, out.labels = hidden, inp.labels
         return out
 
-    def prefill(self, batch: Batch, mode: str, return_attention: bool, on_step=None) -> Prefill:
+    def prefill(self, batch: Batch, mode: str, return_attention: bool, on_step=None, fast=None) -> Prefill:
         return self.full_prefill(batch, self._inputs(batch)[0])

@@ -24,19 +24,19 @@ from .attention import query_attention
 @dataclass
 class PatchCache:
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V), each [F, N, D]
-    features: torch.Tensor  # [F, N, D] final patch features (after the last layernorm)
+    features: torch.Tensor | None = None  # [F, N, D] final patch features (None: K/V only, for queries)
     shallow_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # A1 ablation only
 
     @property
     def num_frames(self) -> int:
-        return self.features.shape[0]
+        return self.kv[0][0].shape[0]
 
     def select(self, index: torch.Tensor) -> "PatchCache":
         """The cache of a subset of frames (index [F'] into dim 0)."""
         pick = lambda t: t.index_select(0, index)  # noqa: E731
         return PatchCache(
             kv=[(pick(k), pick(v)) for k, v in self.kv],
-            features=pick(self.features),
+            features=None if self.features is None else pick(self.features),
             shallow_kv=None if self.shallow_kv is None else tuple(map(pick, self.shallow_kv)),
         )
 
@@ -99,9 +99,13 @@ class FoveatedEncoder(nn.Module):
 
     # ---- phase 2: one query per frame ---------------------------------------------------------
     def query_attend(
-        self, query: torch.Tensor, cache: PatchCache, return_attention: bool = False
+        self, query: torch.Tensor, cache: PatchCache, return_attention: bool = False,
+        backend: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """query [F, query_dim] -> z [F, D], and attention probs [F, L, H, N] if asked."""
+        """query [F, query_dim] -> z [F, D], and attention probs [F, L, H, N] if asked.
+
+        backend: the attention backend of the deep query (fvlm.attention), default
+        self.attention_backend; fvlm.engine passes "torch" under torch.compile."""
         x = self.query_input_proj(query)  # [F, D]
         F_, D = x.shape
         H, d = self.num_heads, self.head_dim
@@ -118,7 +122,8 @@ class FoveatedEncoder(nn.Module):
             for layer, (k, v) in zip(self.layers, cache.kv):
                 q_proj, _, _, o_proj = attention_parts(layer)
                 q = q_proj(layer.norm1(x)).view(F_, H, d)  # [F, H, d]
-                res = query_attention(q, k, v, return_probs=return_attention, backend=self.attention_backend)
+                res = query_attention(q, k, v, return_probs=return_attention,
+                                      backend=backend or self.attention_backend)
                 x = x + layer.drop_path(layer.layer_scale1(o_proj(res.out.reshape(F_, D))))
                 x = x + layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(x))))
                 probs.append(res.probs)

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import fast
 from .batch import Batch
 from .config import FVLMConfig
 from .encoder import FoveatedEncoder, PatchCache
+from .engine import Engine
 from .errors import InputError
 from .sequence import LLMInput, assemble, positions
-from .vlm import Prefill, VLMBase, VLMOutput, hf_config
+from .vlm import LLMCache, Prefill, VLMBase, VLMOutput, hf_config
 
 
 class FoveatedVLM(VLMBase):
@@ -39,23 +39,36 @@ class FoveatedVLM(VLMBase):
         self.llm_to_query = nn.Linear(d_llm, config.query_dim)
         self.q_static = nn.Parameter(torch.randn(1, config.query_dim))  # std 1: foveation needs it
         self.q_init = nn.Parameter(torch.randn(1, config.query_dim))
+        self._engine: Engine | None = None
 
     @property
     def vision_model(self) -> nn.Module:
         return self.encoder.dino
 
+    # ---- the inference engine (fvlm/engine.py) --------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        """This model's inference engine: built on first use, and rebuilt with the same options when
+        the weights moved (.to(), .double(), new parameters). Assign one to choose options, e.g.
+        `model.engine = Engine(model, compile=True)`."""
+        if self._engine is None or self._engine.stale(self):
+            self._engine = Engine(self, **(self._engine.options if self._engine else {}))
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:
+        if engine.model is not self:
+            raise InputError("model.engine: this Engine was built for another model")
+        self._engine = engine
+
+    def __getstate__(self) -> dict:
+        """Copies (copy.deepcopy) and pickles start without an engine: its slots and graphs are this model's."""
+        return {**super().__getstate__(), "_engine": None}
+
     # ---- building blocks ----------------------------------------------------------------------
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """Visual token z [.., D] -> LLM embedding [.., d_llm]."""
         return self.dino_to_llm(z) * self.config.visual_scale
-
-    def decoder(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
-                cache=None) -> torch.Tensor:
-        """VLMBase.decoder; a fast-path cache (fast.FastCache) decodes in its static slots, which
-        track the positions themselves (only the last columns of `mask` are read)."""
-        if isinstance(cache, fast.FastCache):
-            return cache.forward(embeds, mask[:, -embeds.shape[1] :])
-        return super().decoder(embeds, mask, position_ids, cache)
 
     def encode_frames(self, batch: Batch) -> PatchCache:
         """DINO patch pass over the real frames only (row-major over [B, T])."""
@@ -249,16 +262,20 @@ class FoveatedVLM(VLMBase):
 
     # ---- generation ---------------------------------------------------------------------------
     def prefill(self, batch: Batch, mode: str, return_attention: bool,
-                 on_step: Callable | None = None) -> Prefill:
-        if mode == "autoregressive" and fast.enabled(self, batch):  # static KV cache + CUDA graphs
-            return fast.prefill(self, batch, mode, return_attention, on_step)
+                 on_step: Callable | None = None, fast: bool | None = None) -> Prefill:
+        """VLMBase.prefill: on the engine when asked for (use_engine) and it serves this batch, else the
+        reference path (transformers' DynamicCache)."""
+        self.check_mode(mode)
+        if self.use_engine(fast) and self.engine.serves(batch):  # static KV cache + CUDA graphs
+            return self.engine.prefill(batch, mode, return_attention, on_step)
         cache = self.encode_frames(batch)
         fm = batch.frame_mask
         if mode == "autoregressive":
             run = self.read_frames_autoregressive(batch, cache, return_attention, on_step=on_step)
             inp = run["input"]
             return Prefill(
-                cache=run["cache"], mask=inp.mask, next_position=inp.mask.sum(1),
+                cache=LLMCache(self, run["cache"], inp.mask, inp.mask.sum(1)), mask=inp.mask,
+                next_position=inp.mask.sum(1),
                 logits=self.llm.get_output_embeddings()(run["hidden"][:, -1]),
                 attention=run["attention"],
             )

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,11 +51,49 @@ class VLMOutput:
     tokens: torch.Tensor | None = None  # [n_frames, D] the mode's visual tokens (return_tokens=True)
 
 
+# Whether generation uses the inference engine (fvlm/engine.py) when neither the call, nor model.fast, nor
+# FVLM_FAST says: off on every device for now. The engine equals the reference path on CPU (tests/test_engine.py),
+# but its CUDA graphs and compiled step have not yet passed tests/test_engine.py on a GPU in this form; turn this
+# on (for CUDA only) once benchmarks/gpu_suite.sh has passed on one.
+ENGINE_ON_CUDA_BY_DEFAULT = False
+
+
+class DecodeCache(Protocol):
+    """A prefilled LLM KV cache that decoding appends to: LLMCache (the reference path, transformers'
+    DynamicCache) or fvlm.engine.EngineCache (static slots). Each tracks its own mask and positions."""
+
+    def append(self, embeds: torch.Tensor) -> torch.Tensor:
+        """embeds [B, l, d] of l new (real) tokens -> final hidden states [B, l, d]."""
+        ...
+
+    def get_seq_length(self) -> int:
+        """Slots held so far (pads included)."""
+        ...
+
+
+class LLMCache:
+    """The reference path's DecodeCache: a transformers DynamicCache with its mask [B, L] bool and the
+    next position id [B] of each row."""
+
+    def __init__(self, model: VLMBase, kv: DynamicCache, mask: torch.Tensor, next_position: torch.Tensor):
+        self.model, self.kv, self.mask, self.next_position = model, kv, mask, next_position
+
+    def append(self, embeds: torch.Tensor) -> torch.Tensor:
+        B, l = embeds.shape[:2]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(B, l)], dim=1)
+        pos = self.next_position[:, None] + torch.arange(l, device=embeds.device)  # [B, l]
+        self.next_position = self.next_position + l
+        return self.model.decoder(embeds, self.mask, pos, self.kv)
+
+    def get_seq_length(self) -> int:
+        return self.mask.shape[1]
+
+
 @dataclass
 class Prefill:
-    """State after the prompt has been read, ready for token-by-token decoding."""
+    """State after the prompt has been read, ready for token-by-token decoding (cache.append)."""
 
-    cache: DynamicCache
+    cache: DecodeCache
     mask: torch.Tensor  # [B, L] bool, every slot held by the cache
     next_position: torch.Tensor  # [B] position id of the next token
     logits: torch.Tensor  # [B, V] at the last slot
@@ -70,6 +108,7 @@ class VLMBase(nn.Module):
             raise ConfigError("build models with from_components() when vision/llm are hub ids or paths")
         self.config = config
         self.tokenizer = tokenizer
+        self.fast: bool | None = None  # use the inference engine by default? None: see use_engine
         self.llm = AutoModelForCausalLM.from_config(hf_config(config.llm), attn_implementation="sdpa")
         params = inspect.signature(self.llm.get_decoder().forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -134,8 +173,24 @@ class VLMBase(nn.Module):
         raise NotImplementedError
 
     def prefill(self, batch: Batch, mode: str, return_attention: bool,
-                 on_step: Callable | None = None) -> Prefill:
+                 on_step: Callable | None = None, fast: bool | None = None) -> Prefill:
+        """Read the prompt (frames included) -> a Prefill. fast: use the inference engine where the
+        model has one and it serves the batch (resolved by use_engine)."""
         raise NotImplementedError
+
+    def use_engine(self, fast: bool | None = None) -> bool:
+        """Whether a call asks for the inference engine: `fast` if given, else self.fast, else the
+        environment variable FVLM_FAST=0|1, else ENGINE_ON_CUDA_BY_DEFAULT on CUDA (off elsewhere)."""
+        if fast is not None:
+            return bool(fast)
+        if self.fast is not None:
+            return bool(self.fast)
+        env = os.environ.get("FVLM_FAST", "")
+        if env:
+            if env not in ("0", "1"):
+                raise ConfigError(f"FVLM_FAST={env!r}: use 1 (the inference engine) or 0 (the reference path)")
+            return env == "1"
+        return self.device.type == "cuda" and ENGINE_ON_CUDA_BY_DEFAULT
 
     def attention_summary(self, probs: torch.Tensor) -> dict[str, np.ndarray]:
         """Attention probs [n, L, H, N] -> per-frame heatmap fields (models with a query)."""
@@ -176,6 +231,7 @@ class VLMBase(nn.Module):
         return_attention: bool = True,
         seed: int | None = None,
         callback: Callable[[FrameEvent | TextEvent], None] | None = None,
+        fast: bool | None = None,
     ) -> GenerateOutput | list[GenerateOutput]:
         """Answer `prompt` about `video`.
 
@@ -183,6 +239,8 @@ class VLMBase(nn.Module):
         (one video), or a list of paths / arrays (a batch: returns a list of outputs).
         callback: called with a FrameEvent as each frame is read (live in autoregressive mode,
         after the prefill otherwise) and a TextEvent after each generated token. See `stream`.
+        fast: run on the inference engine (fvlm/engine.py; static KV cache, CUDA graphs) where it
+        serves the model and batch; None: model.fast, else FVLM_FAST, else the default (`use_engine`).
         """
         self.check_mode(mode)
         if self.tokenizer is None:
@@ -224,7 +282,7 @@ class VLMBase(nn.Module):
                 callback(frame_event(b, t, maps, j))
 
         live = callback is not None and mode == "autoregressive"
-        pre = self.prefill(batch, mode, return_attention, on_step=on_step if live else None)
+        pre = self.prefill(batch, mode, return_attention, on_step=on_step if live else None, fast=fast)
         maps = self.attention_maps(pre, batch) if return_attention else [{} for _ in clips]
         if callback is not None and not live:
             for b, m in enumerate(maps):
@@ -248,7 +306,8 @@ class VLMBase(nn.Module):
 
     def stream(self, video, prompt: str, mode: str = "autoregressive", **kw) -> Iterator[StreamEvent]:
         """generate() as a stream of events for one video: FrameEvents as frames are read, TextEvents
-        as tokens arrive, then a DoneEvent with the GenerateOutput. Errors are re-raised here."""
+        as tokens arrive, then a DoneEvent with the GenerateOutput. Errors are re-raised here.
+        kw (max_new_tokens, fast, ...) go to generate."""
         events: queue.Queue = queue.Queue()
 
         def run() -> None:
@@ -279,7 +338,7 @@ class VLMBase(nn.Module):
         eos = torch.tensor(self.eos_ids, device=self.device)
         pad = self.tokenizer.pad_token_id or 0
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        logits, mask, pos = pre.logits, pre.mask, pre.next_position
+        logits = pre.logits
         out: list[torch.Tensor] = []
         for step in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_p, gen)  # [B]
@@ -290,9 +349,7 @@ class VLMBase(nn.Module):
                 on_token(self._cut_at_eos(torch.stack(out, dim=1).tolist()))
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            h = self.decoder(self.embed(nxt[:, None]), mask, pos[:, None], pre.cache)
-            pos = pos + 1
+            h = pre.cache.append(self.embed(nxt[:, None]))
             logits = self.llm.get_output_embeddings()(h[:, -1])
         return self._cut_at_eos(torch.stack(out, dim=1).tolist())
 
@@ -305,7 +362,7 @@ class VLMBase(nn.Module):
         cache = self.new_cache()
         h = self.decoder(inp.embeds, inp.mask, inp.position_ids, cache)
         return Prefill(
-            cache=cache,
+            cache=LLMCache(self, cache, inp.mask, inp.mask.sum(1)),
             mask=inp.mask,
             next_position=inp.mask.sum(1),
             logits=self.llm.get_output_embeddings()(h[:, -1]),

@@ -33,6 +33,9 @@ def test_e2e_smoke(tmp_path):
     assert by[4, "fVLM coarse_fine eager"] == 4 and by[4, "B1 (16 tokens/frame)"] == 64
     assert {"ttft_coarse_fine", "ttft_autoregressive", "transient_memory_coarse_fine", "step_ms"} <= set(
         result["ratios"])
+    engine_vs_eager = ("engine_vs_eager_ttft_coarse_fine", "engine_vs_eager_ttft_autoregressive",
+                       "engine_vs_eager_step")  # the engine against the reference path, same run
+    assert all(result["ratios"][k] > 0 for k in engine_vs_eager)
     assert all(v["same_argmax"] and v["rel_err"] < 1e-4 for v in result["fast_vs_eager"].values())
     assert "| frames | method |" in stdout
     assert {p.name for p in tmp_path.iterdir()} == {"e2e.md", "e2e.json", "e2e.png"}

@@ -15,15 +15,13 @@ def _teacher_forced(model, clip, question, answer_ids, mode):
     through the LLM KV cache, summing log p(token) and checking each is the argmax."""
     batch = model.collate([model.sample(clip, question)], for_generation=True).to(model.device, model.dtype)
     pre = model.prefill(batch, mode, return_attention=False)
-    logits, mask, pos = pre.logits, pre.mask, pre.next_position
+    logits = pre.logits
     total, greedy = 0.0, True
     for tok in answer_ids:
         logp = logits.float().log_softmax(-1)[0]
         total += float(logp[tok])
         greedy &= int(logp.argmax()) == tok
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        h = model.decoder(model.embed(torch.tensor([[tok]])), mask, pos[:, None], pre.cache)
-        pos = pos + 1
+        h = pre.cache.append(model.embed(torch.tensor([[tok]])))
         logits = model.llm.get_output_embeddings()(h[:, -1])
     return total, greedy
 

@@ -1,4 +1,4 @@
-"""Fast inference for FoveatedVLM: a static LLM KV cache, CUDA graphs, and the autoregressive frame step.
+"""Engine: FoveatedVLM inference on a static LLM KV cache, with CUDA graphs and the autoregressive frame step.
 
 Why. In autoregressive mode every frame costs one deep query (12 small DINO layers over that frame's
 cached K/V) plus one LLM token: a few hundred tiny kernels. Eager, through transformers with a
@@ -25,42 +25,34 @@ Design.
   causal; a token always sees its own slot, so a row of pads cannot make NaNs); grouped-query heads
   are folded into the query rows instead of repeating K/V.
 - `frame_step`: query = llm_to_query(last) (q_init where no real slot precedes the frame) ->
-  deep query over the frame's K/V -> dino_to_llm * visual_scale -> one LLM token -> last.
-  Under a graph its inputs are static buffers: each row's frame K/V (every layer) is copied in by
-  one multi-tensor copy before the replay. Patches are encoded in batched passes (all frames in
-  coarse modes; chunks of FRAME_CHUNK frames in autoregressive mode, each just before its frames,
-  so only one chunk's K/V is held and the host queues the next chunk while the device replays),
-  never recomputed and never duplicated.
-- `Runner` (per model and mode, rebuilt when the weights move): up to MAX_STATES `State`s (slots +
-  the graphs captured against them), reused across calls; a state stays reserved while the
-  FastCache of a Prefill that uses it is alive, so concurrent prefills never share one. Graphs:
-  per state, one per text bucket, one for the frame step (per N, D, with/without attention maps).
-  Batches of any size and padding are supported (a padded frame slot is a masked zero token).
+  the deep query (FoveatedEncoder.query_attend over the frame's K/V) -> the model's projection ->
+  one LLM token -> last. Under a graph its inputs are static buffers: each row's frame K/V (every
+  layer) is copied in by one multi-tensor copy before the replay. Patches are encoded in batched
+  passes (all frames in coarse modes; chunks of FRAME_CHUNK frames in autoregressive mode, each just
+  before its frames, so only one chunk's K/V is held and the host queues the next chunk while the
+  device replays), never recomputed and never duplicated.
+- `Engine` (one per model, `model.engine`; rebuilt with the same options when the weights move):
+  up to `max_states` `State`s (slots + the graphs captured against them), reused across calls; a
+  state stays reserved while the EngineCache of a Prefill that uses it is alive, so concurrent
+  prefills never share one. Graphs: per state, one per text bucket, one for the frame step (per
+  N, D, with/without attention maps). Batches of any size and padding are supported (a padded
+  frame slot is a masked zero token). Text blocks longer than MAX_GRAPH_TOKENS run without a graph;
+  if a capture fails, a warning says so and the engine continues without graphs.
 
-Modes (`set_mode(model, m)`, or the environment variable FVLM_FAST; the default is "off": the
-static path is checked against the reference on CPU, but graph replay has not yet run on a GPU, so
-it stays opt-in until benchmarks/gpu_suite.sh has passed on one):
-- "off":     the transformers DynamicCache path of FoveatedVLM.read_frames_autoregressive (the reference);
-- "eager":   static slots, no graphs (any device; what the CPU equivalence tests run);
-- "graph":   static slots + CUDA graphs (on CPU the same as "eager");
-- "compile": "graph", with the frame step and the one-token step compiled by torch.compile first
-             (the first call compiles for a minute or so).
-The fast path is skipped (DynamicCache path instead) when `unsupported()` names a reason: an LLM
-that is not llama-family, dynamic RoPE, the shallow query (ablation A1), training mode (dropout),
-autocast, or a batch without a real frame. Text blocks longer than MAX_GRAPH_TOKENS run without a
-graph; if a capture fails, a warning says so and the runner continues without graphs.
+Options: `Engine(model, graphs=True, compile=False)`. Graphs are used on CUDA only; on CPU (or with
+graphs=False) the same static-slot functions run eagerly, which is what the CPU tests compare with
+the reference. compile=True runs the frame step and the one-token step through torch.compile first
+(the first call compiles for a minute or so). Which path a call takes (the engine or the reference
+DynamicCache path) is chosen by VLMBase.use_engine: see docs/engine.md.
 
-Dispatch: FoveatedVLM.prefill(mode="autoregressive") calls `prefill` when `enabled()`, and
-FoveatedVLM.decoder(cache=FastCache) decodes from the static slots (any mode's FastCache).
-`prefill` also serves coarse_only / coarse_fine (their LLM passes through the same graphed
-forward, the query passes eager); FoveatedVLM.prefill does not route those modes here yet
-(benchmarks.e2e calls `prefill` directly for them).
+The engine cannot serve (the reference path runs instead) an LLM that is not llama-family, dynamic
+RoPE or the shallow query (ablation A1) — model-level reasons, warned about once when the engine is
+built — nor training mode (dropout), autocast or a batch without a real frame (per call, silently).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 import weakref
 from collections.abc import Callable
@@ -69,51 +61,24 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .attention import query_attention
 from .batch import Batch
-from .config import MODES as VLM_MODES
-from .encoder import FoveatedEncoder, PatchCache, attention_parts
-from .errors import ConfigError
+from .config import MODES
+from .encoder import PatchCache
+from .errors import InputError
 from .vlm import Prefill
 
-MODES = ("off", "eager", "graph", "compile")
 SUPPORTED_LLMS = ("llama",)  # model_type of the LLM (SmolLM2 is llama)
 MAX_GRAPH_TOKENS = 1024  # longer text blocks run eagerly (their kernels are large anyway)
 DECODE_ROOM = 256  # slots reserved after the prompt; the slots grow (and graphs are recaptured) beyond
 SLOT_MULTIPLE = 256  # capacities are rounded up to this, so one set of graphs serves many lengths
-MAX_STATES = 4  # states (slots + graphs) kept per runner; the oldest idle one goes first
+MAX_STATES = 4  # states (slots + graphs) kept per engine; the oldest idle one goes first
 FRAME_CHUNK = 16  # autoregressive mode: frames per patch pass (bounds the K/V cache held at once)
 WARMUP = 2  # runs before a capture: cuBLAS handles, Triton autotuning, torch.compile
 
-_MODE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> mode set by set_mode
 
-
-# ---- mode and support ---------------------------------------------------------------------------
-def set_mode(model: torch.nn.Module, mode: str | None) -> None:
-    """Choose `model`'s inference path (see the module docstring); None restores the default."""
-    if mode is None:
-        _MODE.pop(model, None)
-        return
-    _MODE[model] = _check_mode(mode, "set_mode")
-
-
-def mode_of(model: torch.nn.Module) -> str:
-    if model in _MODE:
-        return _MODE[model]
-    env = os.environ.get("FVLM_FAST")
-    if env:
-        return _check_mode(env, "FVLM_FAST")
-    return "off"  # opt-in until benchmarks/gpu_suite.sh has validated graph replay on a GPU
-
-
-def _check_mode(mode: str, where: str) -> str:
-    if mode not in MODES:
-        raise ConfigError(f"{where}: unknown fast-path mode {mode!r}; use one of {MODES}")
-    return mode
-
-
+# ---- what the engine serves -----------------------------------------------------------------------
 def unsupported(model: torch.nn.Module) -> str | None:
-    """Why `model` cannot take the fast path right now, or None if it can."""
+    """Why the engine cannot serve `model` at all (an LLM, RoPE or query it does not implement), or None."""
     cfg = model.llm.config
     if cfg.model_type not in SUPPORTED_LLMS:
         return f"LLM type {cfg.model_type!r} (supported: {SUPPORTED_LLMS})"
@@ -122,16 +87,23 @@ def unsupported(model: torch.nn.Module) -> str | None:
         return f"dynamic RoPE ({rope!r})"
     if not model.config.deep_query:
         return "shallow query (ablation A1)"
+    return None
+
+
+def skipped(model: torch.nn.Module, batch: Batch) -> str | None:
+    """Why this call runs the reference path although the engine serves the model, or None."""
     if model.training:
         return "training mode (dropout)"
     if torch.is_autocast_enabled(next(model.parameters()).device.type):
         return "autocast is on"
+    if not bool(batch.frame_mask.any()):
+        return "no real frame"
     return None
 
 
-def enabled(model: torch.nn.Module, batch: Batch) -> bool:
-    """Whether `prefill` should serve this batch (the mode is not "off" and nothing is unsupported)."""
-    return mode_of(model) != "off" and unsupported(model) is None and bool(batch.frame_mask.any())
+def fingerprint(model: torch.nn.Module) -> tuple:
+    """Where the weights live: an engine built for other storage (after .to(), .double()) is stale."""
+    return tuple(p.data_ptr() for p in model.parameters()) + (next(model.parameters()).dtype,)
 
 
 def bucket(n: int) -> int:
@@ -219,27 +191,6 @@ def llm_forward(model: torch.nn.Module, s: Slots, x: torch.Tensor, real: torch.T
     return _rms_norm(dec.norm, h)
 
 
-def deep_query(
-    enc: FoveatedEncoder, query: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]],
-    with_probs: bool, backend: str | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """FoveatedEncoder.query_attend (deep query, inference: no drop-path) with a chosen attention
-    backend ("torch" under torch.compile). query [F, qd], kv per layer [F, N, D] -> z [F, D],
-    probs [F, L, H, N]."""
-    x = enc.query_input_proj(query)  # [F, D]
-    F_, D = x.shape
-    probs = []
-    for layer, (k, v) in zip(enc.layers, kv):
-        q_proj, _, _, o_proj = attention_parts(layer)
-        q = q_proj(layer.norm1(x)).view(F_, enc.num_heads, enc.head_dim)  # [F, H, d]
-        res = query_attention(q, k, v, return_probs=with_probs, backend=backend)
-        x = x + layer.layer_scale1(o_proj(res.out.reshape(F_, D)))
-        x = x + layer.layer_scale2(layer.mlp(layer.norm2(x)))
-        probs.append(res.probs)
-    z = enc.output_proj(enc.dino.layernorm(x))  # [F, D]
-    return z, (torch.stack(probs, dim=1) if with_probs else None)
-
-
 def frame_step(
     model: torch.nn.Module, s: Slots, kv: list[tuple[torch.Tensor, torch.Tensor]], flags: torch.Tensor,
     with_probs: bool, backend: str | None,
@@ -249,13 +200,13 @@ def frame_step(
     real, has_prev = flags[0], flags[1]
     B = real.shape[0]
     q = torch.where(has_prev[:, None], model.llm_to_query(s.last), model.q_init.expand(B, -1))  # [B, qd]
-    z, probs = deep_query(model.encoder, q, kv, with_probs, backend)
+    z, probs = model.encoder.query_attend(q, PatchCache(kv=kv), with_probs, backend=backend)
     token = model.project(z) * real[:, None]  # [B, d]; pads are zeros, as in the eager path
     s.last.copy_(llm_forward(model, s, token[:, None], real[:, None])[:, 0])
     return probs
 
 
-# ---- graphs, states, the runner -----------------------------------------------------------------
+# ---- graphs, states, the engine -------------------------------------------------------------------
 class Graph:
     """fn() captured once in a CUDA graph; replay() reruns it on whatever its static inputs hold now.
 
@@ -288,7 +239,7 @@ class State:
         self.slots = new_slots(model, B, C)
         self.used = 0  # host mirror of slots.col
         self.graphs: dict[tuple, Graph] = {}
-        self.owner: Callable[[], object] = lambda: None  # weakref to the FastCache holding it
+        self.owner: Callable[[], object] = lambda: None  # weakref to the EngineCache holding it
 
     @property
     def batch_size(self) -> int:
@@ -314,49 +265,74 @@ class State:
         self.graphs.clear()
 
 
-class FastCache:
-    """Prefill.cache of the fast path: decoding continues in the static slots (FoveatedVLM.decoder)."""
+class EngineCache:
+    """Prefill.cache of the engine: decoding continues in the static slots of one reserved State."""
 
-    def __init__(self, runner: Runner, state: State):
-        self.runner, self.state = runner, state
+    def __init__(self, engine: Engine, state: State):
+        self.engine, self.state = engine, state
         state.owner = weakref.ref(self)
 
-    def forward(self, embeds: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """embeds [B, l, d] (real [B, l] bool) appended -> final hidden states [B, l, d]."""
-        return self.runner.text(self.state, embeds, real.bool())
+    def append(self, embeds: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds [B, l, d] appended (real [B, l] bool, default all real) -> final hidden states [B, l, d]."""
+        if real is None:
+            real = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        return self.engine.text(self.state, embeds, real.bool())
 
     def get_seq_length(self) -> int:
         return self.state.used
 
 
-class Runner:
-    """A model's fast path: its states, graphs and (mode "compile") compiled step functions."""
+class Engine:
+    """A FoveatedVLM's inference engine: static KV slots, CUDA graphs and (compile=True) compiled steps.
 
-    def __init__(self, model: torch.nn.Module, mode: str, fingerprint: tuple):
-        self.model, self.mode, self.fingerprint = model, mode, fingerprint
-        cuda = next(model.parameters()).device.type == "cuda"
-        self.use_graphs = cuda and mode in ("graph", "compile")
-        self.backend = "torch" if mode == "compile" else None  # torch.compile traces the torch reference
+    max_length: slots each new state starts with (rounded up to SLOT_MULTIPLE; a state grows when a
+    prompt or decoding needs more); max_states: states kept at once (one per concurrent prefill and
+    batch size). graphs: capture CUDA graphs (CUDA only; elsewhere the same functions run eagerly)."""
+
+    def __init__(self, model: torch.nn.Module, max_length: int = 0, max_states: int = MAX_STATES,
+                 graphs: bool = True, compile: bool = False):
+        self.model = model
+        self.options = {"max_length": max_length, "max_states": max_states, "graphs": graphs, "compile": compile}
+        self.fingerprint = fingerprint(model)
+        self.unsupported = unsupported(model)
+        if self.unsupported:
+            warnings.warn(f"fvlm.engine: cannot serve this model ({self.unsupported}); "
+                          "it runs the reference path", stacklevel=2)
+        self.use_graphs = graphs and next(model.parameters()).device.type == "cuda"
+        self.backend = "torch" if compile else None  # torch.compile traces the torch reference
         self.states: list[State] = []
         self._frame: Callable = functools.partial(frame_step, model)
         self._one: Callable = functools.partial(llm_forward, model)  # one token (frames, decoding)
         self._many: Callable = functools.partial(llm_forward, model)  # text blocks: never compiled
-        if mode == "compile":
+        if compile:
             self._frame = torch.compile(self._frame, fullgraph=True, dynamic=False)
             self._one = torch.compile(self._one, fullgraph=True, dynamic=False)
 
-    def acquire(self, B: int, C: int) -> FastCache:
-        """A free state with >= C slots for batch size B (reset), reserved by the returned FastCache."""
+    def stale(self, model: torch.nn.Module) -> bool:
+        """Whether `model`'s weights are no longer the ones this engine was built on."""
+        return model is not self.model or fingerprint(model) != self.fingerprint
+
+    def serves(self, batch: Batch) -> bool:
+        """Whether prefill(batch) should run here (else the model's reference path)."""
+        return self.unsupported is None and skipped(self.model, batch) is None
+
+    def release(self) -> None:
+        """Free the static slots and graphs (compiled code is kept); the next call rebuilds them."""
+        self.states.clear()
+
+    def acquire(self, B: int, C: int) -> EngineCache:
+        """A free state with >= C slots for batch size B (reset), reserved by the returned EngineCache."""
         for st in self.states:
             if st.batch_size == B and st.capacity >= C and st.owner() is None:
                 st.reset()
-                return FastCache(self, st)
+                return EngineCache(self, st)
         idle = [st for st in self.states if st.owner() is None]
-        if len(self.states) >= MAX_STATES and idle:  # bound the memory: drop the oldest idle state
+        if len(self.states) >= self.options["max_states"] and idle:  # bound the memory: drop the oldest idle
             self.states.remove(idle[0])
+        C = max(C, self.options["max_length"])
         st = State(self.model, B, -(-C // SLOT_MULTIPLE) * SLOT_MULTIPLE)
         self.states.append(st)
-        return FastCache(self, st)
+        return EngineCache(self, st)
 
     def _graph(self, st: State, key: tuple, build: Callable[[], tuple[Callable, dict]]) -> Graph | None:
         """The graph `key` of state st, captured on first use (None if graphs are off or failed).
@@ -369,7 +345,8 @@ class Runner:
             try:
                 st.graphs[key] = Graph(fn, statics, st.slots)
             except RuntimeError as e:  # e.g. an op that cannot be captured: keep going, without graphs
-                warnings.warn(f"fvlm.fast: CUDA graph capture failed, running without graphs: {e}", stacklevel=2)
+                warnings.warn(f"fvlm.engine: CUDA graph capture failed, running without graphs: {e}",
+                              stacklevel=2)
                 self.use_graphs = False
                 return None
         return st.graphs[key]
@@ -419,130 +396,101 @@ class Runner:
             idx = torch.tensor(rows, device=flags.device)
             probs = step(st.slots, [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in cache.kv], flags)
         else:
-            self._copy_frames(g.statics["kv"], cache, rows)
+            copy_frames(g.statics["kv"], cache, rows)
             g.statics["flags"].copy_(flags)
             probs = g.replay()
             probs = None if probs is None else probs.clone()
         st.used += 1
         return probs
 
-    @staticmethod
-    def _copy_frames(buf: torch.Tensor, cache: PatchCache, rows: list[int]) -> None:
-        """buf [L, 2, B, N, D] <- every layer's K/V of cache row rows[b], in one multi-tensor copy."""
-        dst, src = [], []
-        for i, (k, v) in enumerate(cache.kv):
-            for b, r in enumerate(rows):
-                dst += [buf[i, 0, b], buf[i, 1, b]]
-                src += [k[r], v[r]]
-        torch._foreach_copy_(dst, src)
+    # ---- prefill (the entry point) ----------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, batch: Batch, mode: str, return_attention: bool = False,
+                on_step: Callable | None = None) -> Prefill:
+        """FoveatedVLM.prefill on the engine, in any mode: the same outputs; Prefill.cache is an EngineCache.
+
+        on_step(t, real [B], probs [n_real_t, L, H, N] | None) after each frame in autoregressive mode."""
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}; use one of {MODES}")
+        model = self.model
+        if mode == "autoregressive":
+            return self._autoregressive(batch, return_attention, on_step)
+        fm = batch.frame_mask
+        cache = model.encode_frames(batch)
+        vis_c, probs_c, _ = model.visual_embeddings(model.static_queries(cache.num_frames), cache, fm,
+                                                    return_attention)
+        probs = coarse = None
+        if mode == "coarse_fine":  # the coarse pass over [prefix, coarse tokens] in a scratch state
+            inp_c = model.llm_input(batch, vis_c, with_suffix=False)
+            scratch = self.acquire(batch.batch_size, bucket(inp_c.mask.shape[1]))
+            hidden_c = scratch.append(inp_c.embeds, inp_c.mask)
+            del scratch
+            vis, probs, _ = model.visual_embeddings(model.fine_queries(hidden_c, batch)[fm], cache, fm,
+                                                    return_attention)
+            coarse = probs_c
+        else:
+            vis, probs = vis_c, probs_c
+        inp = model.llm_input(batch, vis)
+        ec = self.acquire(batch.batch_size, bucket(inp.mask.shape[1]) + DECODE_ROOM)
+        h = ec.append(inp.embeds, inp.mask)[:, -1]
+        return self._result(ec, h, probs, coarse)
+
+    def _autoregressive(self, batch: Batch, return_attention: bool, on_step: Callable | None) -> Prefill:
+        """FoveatedVLM.read_frames_autoregressive (with the KV cache) on static slots, one graph replay per frame.
+
+        The patch pass runs in chunks of FRAME_CHUNK frame slots, each just before its frames are read:
+        the K/V cache of one chunk is alive at a time, and the host queues the next chunk's patch pass
+        while the device is still replaying the previous chunk's frame steps (no sync inside the loop)."""
+        model = self.model
+        fm = batch.frame_mask
+        B, T = fm.shape
+        P, S = batch.prefix_ids.shape[1], batch.suffix_ids.shape[1]
+        fm_host = fm.cpu()
+        pixels = batch.pixel_values.flatten(0, 1)  # [B*T, 3, S, S]
+        chunks = []  # (first slot, flat indices of its real frames (b-major), rows [t][b] into its cache)
+        for t0 in range(0, T, FRAME_CHUNK):
+            sub = fm_host[:, t0 : t0 + FRAME_CHUNK]  # [B, c]
+            flat = (torch.arange(B)[:, None] * T + torch.arange(t0, t0 + sub.shape[1]))[sub]
+            rows = (sub.flatten().long().cumsum(0) - 1).clamp(min=0).view(B, -1).T.tolist()
+            chunks.append((t0, flat.to(pixels.device), rows))
+        ec = self.acquire(B, bucket(P) + T + bucket(S) + DECODE_ROOM)
+        st, s = ec.state, ec.state.slots
+        has_prev = torch.zeros_like(fm[:, 0])
+        if P > 0:
+            emb = model.embed(batch.prefix_ids) * batch.prefix_mask[..., None]
+            s.last.copy_(self.text(st, emb, batch.prefix_mask)[:, -1])
+            has_prev = batch.prefix_mask[:, -1]
+        flags = torch.stack([fm.T, torch.cat([has_prev[None], fm.T[:-1]])], dim=1)  # [T, 2, B]
+        probs = []
+        for t0, flat, rows in chunks:
+            cache = model.encoder.encode_patches(pixels.index_select(0, flat))  # this chunk's real frames
+            for j, row in enumerate(rows):
+                p = self.frame(st, cache, row, flags[t0 + j], return_attention)
+                probs.append(p)
+                if on_step is not None:
+                    on_step(t0 + j, fm[:, t0 + j], None if p is None else p[fm[:, t0 + j]])
+            del cache  # (the allocator reuses it only after the queued steps that read it)
+        h = s.last
+        if S > 0:
+            emb = model.embed(batch.suffix_ids) * batch.suffix_mask[..., None]
+            h = self.text(st, emb, batch.suffix_mask)[:, -1]
+        attention = torch.stack(probs, dim=1)[fm] if return_attention else None  # [n_real, L, H, N] cache order
+        return self._result(ec, h, attention, None)
+
+    def _result(self, ec: EngineCache, h: torch.Tensor, attention: torch.Tensor | None,
+                coarse: torch.Tensor | None) -> Prefill:
+        s = ec.state.slots
+        return Prefill(
+            cache=ec, mask=s.valid[:, : ec.state.used].clone(), next_position=s.count.clone(),
+            logits=self.model.llm.get_output_embeddings()(h), attention=attention, coarse_attention=coarse,
+        )
 
 
-def runner(model: torch.nn.Module) -> Runner:
-    """The model's Runner for its current mode (one per mode, so switching keeps graphs and
-    compiled code), rebuilt when the weights moved (.to(), new parameters)."""
-    fingerprint = tuple(p.data_ptr() for p in model.parameters()) + (model.dtype,)
-    runners = model.__dict__.setdefault("_fast_runners", _Runners())
-    mode = mode_of(model)
-    r = runners.get(mode)
-    if r is None or r.fingerprint != fingerprint:
-        r = runners[mode] = Runner(model, mode, fingerprint)
-    return r
-
-
-def release(model: torch.nn.Module) -> None:
-    """Free the fast path's static slots and graphs (compiled code is kept); the next call rebuilds them."""
-    for r in model.__dict__.get("_fast_runners", {}).values():
-        r.states.clear()
-
-
-class _Runners(dict):
-    """mode -> Runner, stored on the model; a copied or pickled model starts without runners."""
-
-    def __deepcopy__(self, memo: dict) -> _Runners:
-        return _Runners()
-
-    def __reduce__(self):
-        return (_Runners, ())
-
-
-# ---- prefill (the entry point) --------------------------------------------------------------------
-@torch.no_grad()
-def prefill(model: torch.nn.Module, batch: Batch, mode: str, return_attention: bool = False,
-            on_step: Callable | None = None) -> Prefill:
-    """FoveatedVLM.prefill on the fast path: the same outputs; Prefill.cache is a FastCache.
-
-    on_step(t, real [B], probs [n_real_t, L, H, N] | None) after each frame in autoregressive mode."""
-    if mode not in VLM_MODES:
-        raise ConfigError(f"unknown mode {mode!r}; use one of {VLM_MODES}")
-    r = runner(model)
-    if mode == "autoregressive":
-        return _autoregressive(r, batch, return_attention, on_step)
-    fm = batch.frame_mask
-    cache = model.encode_frames(batch)
-    vis_c, probs_c, _ = model.visual_embeddings(model.static_queries(cache.num_frames), cache, fm, return_attention)
-    probs = coarse = None
-    if mode == "coarse_fine":  # the coarse pass over [prefix, coarse tokens] in a scratch state
-        inp_c = model.llm_input(batch, vis_c, with_suffix=False)
-        scratch = r.acquire(batch.batch_size, bucket(inp_c.mask.shape[1]))
-        hidden_c = scratch.forward(inp_c.embeds, inp_c.mask)
-        del scratch
-        vis, probs, _ = model.visual_embeddings(model.fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
-        coarse = probs_c
-    else:
-        vis, probs = vis_c, probs_c
-    inp = model.llm_input(batch, vis)
-    fc = r.acquire(batch.batch_size, bucket(inp.mask.shape[1]) + DECODE_ROOM)
-    h = fc.forward(inp.embeds, inp.mask)[:, -1]
-    return _result(model, fc, h, probs, coarse)
-
-
-def _autoregressive(r: Runner, batch: Batch, return_attention: bool, on_step: Callable | None) -> Prefill:
-    """FoveatedVLM.read_frames_autoregressive (with the KV cache) on static slots, one graph replay per frame.
-
-    The patch pass runs in chunks of FRAME_CHUNK frame slots, each just before its frames are read:
-    the K/V cache of one chunk is alive at a time, and the host queues the next chunk's patch pass
-    while the device is still replaying the previous chunk's frame steps (no sync inside the loop)."""
-    model = r.model
-    fm = batch.frame_mask
-    B, T = fm.shape
-    P, S = batch.prefix_ids.shape[1], batch.suffix_ids.shape[1]
-    fm_host = fm.cpu()
-    pixels = batch.pixel_values.flatten(0, 1)  # [B*T, 3, S, S]
-    chunks = []  # (first slot, flat indices of its real frames (b-major), rows [t][b] into its cache)
-    for t0 in range(0, T, FRAME_CHUNK):
-        sub = fm_host[:, t0 : t0 + FRAME_CHUNK]  # [B, c]
-        flat = (torch.arange(B)[:, None] * T + torch.arange(t0, t0 + sub.shape[1]))[sub]
-        rows = (sub.flatten().long().cumsum(0) - 1).clamp(min=0).view(B, -1).T.tolist()
-        chunks.append((t0, flat.to(pixels.device), rows))
-    fc = r.acquire(B, bucket(P) + T + bucket(S) + DECODE_ROOM)
-    st, s = fc.state, fc.state.slots
-    has_prev = torch.zeros_like(fm[:, 0])
-    if P > 0:
-        emb = model.embed(batch.prefix_ids) * batch.prefix_mask[..., None]
-        s.last.copy_(r.text(st, emb, batch.prefix_mask)[:, -1])
-        has_prev = batch.prefix_mask[:, -1]
-    flags = torch.stack([fm.T, torch.cat([has_prev[None], fm.T[:-1]])], dim=1)  # [T, 2, B]
-    probs = []
-    for t0, flat, rows in chunks:
-        cache = model.encoder.encode_patches(pixels.index_select(0, flat))  # this chunk's real frames
-        for j, row in enumerate(rows):
-            p = r.frame(st, cache, row, flags[t0 + j], return_attention)
-            probs.append(p)
-            if on_step is not None:
-                on_step(t0 + j, fm[:, t0 + j], None if p is None else p[fm[:, t0 + j]])
-        del cache  # (the allocator reuses it only after the queued steps that read it)
-    h = s.last
-    if S > 0:
-        emb = model.embed(batch.suffix_ids) * batch.suffix_mask[..., None]
-        h = r.text(st, emb, batch.suffix_mask)[:, -1]
-    attention = torch.stack(probs, dim=1)[fm] if return_attention else None  # [n_real, L, H, N] cache order
-    return _result(model, fc, h, attention, None)
-
-
-def _result(model: torch.nn.Module, fc: FastCache, h: torch.Tensor, attention: torch.Tensor | None,
-            coarse: torch.Tensor | None) -> Prefill:
-    s = fc.state.slots
-    return Prefill(
-        cache=fc, mask=s.valid[:, : fc.state.used].clone(), next_position=s.count.clone(),
-        logits=model.llm.get_output_embeddings()(h), attention=attention, coarse_attention=coarse,
-    )
+def copy_frames(buf: torch.Tensor, cache: PatchCache, rows: list[int]) -> None:
+    """buf [L, 2, B, N, D] <- every layer's K/V of cache row rows[b], in one multi-tensor copy."""
+    dst, src = [], []
+    for i, (k, v) in enumerate(cache.kv):
+        for b, r in enumerate(rows):
+            dst += [buf[i, 0, b], buf[i, 1, b]]
+            src += [k[r], v[r]]
+    torch._foreach_copy_(dst, src)
