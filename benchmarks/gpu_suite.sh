@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
-# Everything a lent GPU should run, in one call of under 10 minutes (SUITE_SECONDS, default 580);
-# every stage has its own time limit, so a stage that hangs costs only its own results:
+# The GPU checks and benchmarks of fvlm on one CUDA machine, in one command of under 10 minutes
+# (SUITE_SECONDS, default 580); every stage has its own time limit, so a stage that hangs costs only
+# its own results:
 #   0. ShapesQA data for stage 2, made on the CPU cores in the background during stage 1,
 #   1. GPU correctness: tests/test_kernels.py (Triton kernel, bf16, every autotune config) and
-#      tests/test_fast.py (CUDA graphs and torch.compile against the eager path),
+#      tests/test_engine.py (the inference engine's CUDA graphs and torch.compile against the
+#      reference path; its CPU tests run too),
 #   2. the shipped default model: trainer/shapes_gpu.sh, given whatever time the suite has left
 #      after reserving the benchmarks' limits (torch attention: no Triton autotuning in the budget),
-#   3. benchmarks.kernels, 4. benchmarks.e2e at 8,16,32,64 frames, 5. benchmarks.train_step.
-# Results go to benchmarks/results/<gpu>-<date>/ (suite.log, *.md, *.json, e2e.png). When $OUT is
-# set (the device tool) they are also packed into $OUT: results.tar (refreshed after every stage)
-# and shapes_gpu.tar.gz (the trained model, its metrics and log).
+#   3. benchmarks.kernels, 4. benchmarks.e2e at 8,16,32,64 frames (engine vs eager in the same run),
+#   5. benchmarks.train_step.
+# Results go to the folder given as the first argument, else $FVLM_RESULTS, else
+# benchmarks/results/<gpu>-<date>/ (suite.log, *.md, *.json, e2e.png). If $OUT names a folder, they
+# are also packed into it: results.tar (refreshed after every stage) and shapes_gpu.tar.gz (the
+# trained model, its metrics and log), handy when the machine is not the one you read results on.
 # Needs torch, transformers, triton, tokenizers, opencv, pillow, numpy, pytest, pyyaml, tqdm;
-# webdataset and braceexpand may come as wheels in .whl/ (installed to /tmp/site).
+# on a machine without network access, webdataset and braceexpand can be put as wheels in .whl/
+# (installed to /tmp/site). Set PYTHON to the interpreter that holds torch (default python3).
 #
-#   bash benchmarks/gpu_suite.sh
+#   bash benchmarks/gpu_suite.sh [RESULTS_DIR]
 set -uo pipefail
-PY=${PYTHON:-python3}  # the GPU image: python3 holds torch
+PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 gpu=$("$PY" -c "import re, torch; m = re.search(r'[A-Z]\d{3,4}', torch.cuda.get_device_name()); print(m.group(0).lower() if m else 'gpu')" 2>/dev/null || echo gpu)
-RES=benchmarks/results/${gpu}-$(date +%F)
+RES=${1:-${FVLM_RESULTS:-benchmarks/results/${gpu}-$(date +%F)}}
 mkdir -p "$RES"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 log="$RES/suite.log"
@@ -51,7 +56,7 @@ DATA_ONLY=1 WORKERS=$workers bash trainer/shapes_gpu.sh > "$RES/shapes_data.log"
 data_pid=$!
 
 xdist=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 6")  # Triton and torch.compile compile on CPU cores
-stage tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs $xdist tests/test_kernels.py tests/test_fast.py
+stage tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs $xdist tests/test_kernels.py tests/test_engine.py
 wait "$data_pid" || { echo "ShapesQA data failed (see shapes_data.log)" | tee -a "$log"; status=1; }
 tail -n 2 "$RES/shapes_data.log" | tee -a "$log"
 budget=$((${SUITE_SECONDS:-580} - SECONDS - 75 - 150 - 25 - 20))  # what the stages below may take, and packing
