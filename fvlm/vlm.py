@@ -282,7 +282,8 @@ class VLMBase(nn.Module):
                 callback(frame_event(b, t, maps, j))
 
         live = callback is not None and mode == "autoregressive"
-        pre = self.prefill(batch, mode, return_attention, on_step=on_step if live else None, fast=fast)
+        pre = self.prefill(batch, mode, return_attention, on_step=on_step if live else None,
+                           fast=self.use_engine(fast))
         maps = self.attention_maps(pre, batch) if return_attention else [{} for _ in clips]
         if callback is not None and not live:
             for b, m in enumerate(maps):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fvlm.errors import InputError, PromptTooLongError, VideoDecodeError, VideoNotFoundError
+from fvlm.errors import ConfigError, InputError, PromptTooLongError, VideoDecodeError, VideoNotFoundError
 from fvlm.generation import GenerateOutput, sample_next
 
 MODES = ["coarse_only", "coarse_fine", "autoregressive"]
@@ -147,3 +147,19 @@ def test_stream_reraises_errors(make_model, tmp_path):
     model = make_model()
     with pytest.raises(VideoNotFoundError):
         list(model.stream(str(tmp_path / "gone.mp4"), "Hi?"))
+
+
+@pytest.mark.parametrize("architecture", ["foveated", "multi_token"])
+def test_fast_is_accepted_by_every_model(make_model, video_file, architecture, monkeypatch):
+    """generate/stream take fast= on every model; a model without an engine (B1) runs its own path.
+    The engine's equivalence with the reference path is tested in tests/test_engine.py."""
+    monkeypatch.delenv("FVLM_FAST", raising=False)
+    model = make_model(seed=1, architecture=architecture)
+    ref = model.generate(video_file, "What color is the square?", max_new_tokens=4, fast=False)
+    out = model.generate(video_file, "What color is the square?", max_new_tokens=4, fast=True)
+    assert out.token_ids == ref.token_ids
+    *_, done = model.stream(video_file, "What color is the square?", max_new_tokens=4, fast=True)
+    assert done.output.token_ids == ref.token_ids
+    monkeypatch.setenv("FVLM_FAST", "yes")
+    with pytest.raises(ConfigError, match="FVLM_FAST"):
+        model.generate(video_file, "What color is the square?", max_new_tokens=4)
