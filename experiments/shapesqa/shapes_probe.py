@@ -26,7 +26,7 @@ asked about is visible, labelled with that object's shape and colour:
 If the encoder sees a property but the fine token does not carry it, the gaze or the query's
 read-out loses it before the LLM can answer.
 
-    python -m eval.shapes_probe [MODEL_DIR] --index data/shapes128e/test/index.jsonl [--json OUT]
+    python -m experiments.shapesqa.shapes_probe [MODEL_DIR] --index data/shapes128e/test/index.jsonl [--json OUT]
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.shapes_probe", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m experiments.shapesqa.shapes_probe", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir", nargs="?", default=None, help="model directory (default: shipped model)")
     ap.add_argument("--index", required=True, help="ShapesQA index.jsonl with videos (`fvlm make-shapes`)")

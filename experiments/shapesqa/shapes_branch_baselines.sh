@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A6 and B1 baselines of the shipped model's last three fine-tunes, on 2 CPU cores (about 1.5 h).
-# Both branch from runs/shapes_vision/final (made by trainer/shapes_finetune.sh), the point after
+# Both branch from runs/shapes_vision/final (made by experiments/shapesqa/shapes_finetune.sh), the point after
 # which the shipped chain runs shapes_vision_vlm, shapes_readout and shapes_readout_mix; each
 # baseline runs the same three configs on the same data at the same training FLOPs (flops.budget):
 #   A6  shapes_vision_vlm_a6, shapes_readout_a6, shapes_readout_mix_a6   trained coarse-only
@@ -10,11 +10,11 @@
 # Runs whose final/ exists are skipped. Then each final model, and the shipped chain's, is scored on
 # the main test questions (data/shapes128/test, the first 800; written to runs/NAME/eval_test.json):
 #
-#   bash trainer/shapes_branch_baselines.sh
+#   bash experiments/shapesqa/shapes_branch_baselines.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source trainer/chain.sh
-need_final runs/shapes_vision "run bash trainer/shapes_finetune.sh first"
+cd "$(dirname "$0")/../.."
+source experiments/shapesqa/chain.sh
+need_final runs/shapes_vision "run bash experiments/shapesqa/shapes_finetune.sh first"
 [ -d data/shapes128/test ] || "$PY" -m fvlm.cli make-shapes data/shapes128 --subsets test --eval-n 400 --workers 2
 
 run_chain baselines shapes_vision_vlm_a6 shapes_readout_a6 shapes_readout_mix_a6 \

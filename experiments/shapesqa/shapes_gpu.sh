@@ -9,9 +9,9 @@
 #      is printed and saved in the run's config.yaml; rerunning with --set train.total_samples=N
 #      reproduces the run on any machine).
 #
-#   bash trainer/shapes_gpu.sh [TOTAL_SECONDS (default 300, data and probes included)] [--set ...]
-#   VISION_SECONDS=90 bash trainer/shapes_gpu.sh 330 --set loss.object_weight=1 ...  # with stage 0
-#   DATA_ONLY=1 bash trainer/shapes_gpu.sh     # step 1 alone (benchmarks/gpu_suite.sh runs it early)
+#   bash experiments/shapesqa/shapes_gpu.sh [TOTAL_SECONDS (default 300, data and probes included)] [--set ...]
+#   VISION_SECONDS=90 bash experiments/shapesqa/shapes_gpu.sh 330 --set loss.object_weight=1 ...  # with stage 0
+#   DATA_ONLY=1 bash experiments/shapesqa/shapes_gpu.sh     # step 1 alone (benchmarks/gpu_suite.sh runs it early)
 #
 # Needs torch, transformers, tokenizers, webdataset, opencv, pillow, pyyaml, tqdm (no wandb/decord).
 set -euo pipefail
@@ -23,7 +23,7 @@ EVAL_CLIPS=${EVAL_CLIPS:-400}
 BATCH=${BATCH:-128}
 WORKERS=${WORKERS:-$(($(nproc) > 3 ? $(nproc) - 2 : 1))}
 RUN=${RUN:-runs/shapes_gpu}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 start=$SECONDS
 
@@ -63,7 +63,7 @@ PYEOF
 
 init=()
 if [ "$VISION_SECONDS" -gt 0 ]; then
-    timed trainer/configs/shapes_gpu_vision.yaml "$RUN-vision" "$VISION_SECONDS"
+    timed experiments/shapesqa/configs/shapes_gpu_vision.yaml "$RUN-vision" "$VISION_SECONDS"
     init=(--set model.init_from="$RUN-vision/final" --set model.tokenizer="$RUN-vision/final")
 fi
 timed trainer/configs/shapes_gpu.yaml "$RUN" $((BUDGET - (SECONDS - start))) "${init[@]}" "${@:2}"

@@ -11,10 +11,10 @@
 # The last run's final/ is what ships in fvlm/assets/default_model (with its attention_map set to the
 # most selective layer and tokenizer_config.json without the local-path keys the trainer adds).
 #
-#   bash trainer/shapes_finetune.sh
+#   bash experiments/shapesqa/shapes_finetune.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source trainer/chain.sh
+cd "$(dirname "$0")/../.."
+source experiments/shapesqa/chain.sh
 need_final runs/shapes_gpu2 "train it first (README.md, 'How it was trained')"
 
 shapes() {  # shapes DIR SUBSET ARGS...: make one ShapesQA subset unless it exists
