@@ -27,7 +27,7 @@ from fvlm.batch import Batch
 from .common import machine, markdown_table, memory_mib, setup, time_ms, write_outputs
 from .e2e import SHAPES, build_fvlm
 
-TARGET_SAMPLES_S = 100  # design.md section 7: 135M config, 8-frame clips, H100
+TARGET_SAMPLES_S = 100  # the training-throughput target: 135M config, 8-frame clips, H100
 PROMPT = 32
 
 

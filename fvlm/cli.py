@@ -83,6 +83,8 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"visual token(s) per frame)")
     if c.notes:
         print(f"notes:        {c.notes}")
+    if (card := Path(args.model_dir or DEFAULT_MODEL_DIR) / "README.md").is_file():
+        print(f"model card:   {card}")
     for name, n in groups.items():
         print(f"params {name + ':':<10}{n:>12,}")
     print(f"params total: {sum(groups.values()):>12,}")

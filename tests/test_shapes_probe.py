@@ -1,11 +1,12 @@
-"""eval.shapes_probe: the linear probe on hand-made data, and an end-to-end run on a tiny model."""
+"""experiments.shapesqa.shapes_probe: the linear probe on hand-made data, and an end-to-end run on a
+tiny model."""
 
 import json
 
 import numpy as np
 import pytest
 
-from eval.shapes_probe import format_report, linear_probe, main, probe
+from experiments.shapesqa.shapes_probe import format_report, linear_probe, main, probe
 
 
 def test_linear_probe_separable_and_random_labels():

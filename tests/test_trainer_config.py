@@ -15,7 +15,8 @@ from test_trainer_helpers import REPO, tiny_config, write_config
 from fvlm.errors import ConfigError
 from trainer import config as C
 
-CONFIGS = sorted((REPO / "trainer" / "configs").glob("*.yaml"))
+CONFIGS = sorted([*(REPO / "trainer" / "configs").glob("*.yaml"),
+                  *(REPO / "experiments" / "shapesqa" / "configs").glob("*.yaml")])
 TRAINER_SOURCES = [p for p in (REPO / "trainer").glob("*.py") if p.name != "config.py"]
 
 

@@ -20,7 +20,7 @@ the raw stream (tar reads and the shuffle buffer only, no decoding) up to that p
 DataLoader worker i plays logical worker (i + next_worker) % W so round-robin continues where
 it stopped: the same batches, in the same order, no sample repeated or skipped.
 
-Shard format (design.md §4): KEY.json {"user", "assistant", "source", "frame_count"} (+ DPO
+Shard format (docs/data.md): KEY.json {"user", "assistant", "source", "frame_count"} (+ DPO
 "chosen_assistant", "rejected_assistant"; extra fields ignored); frames KEY.000.jpg, KEY.001.jpg..;
 an image KEY.jpg (replicated to model.fvlm.image_frames); a text-only sample has only the JSON;
 an optional KEY.mp4 is decoded with fvlm.video (1 fps, <= max_frames, uniform).

@@ -1,4 +1,4 @@
-"""Raw videos / images / chat text -> webdataset shards in the trainer's format (design.md §4).
+"""Raw videos / images / chat text -> webdataset shards in the trainer's format (docs/data.md).
 
     python -m trainer.make_shards --manifest ann.jsonl --out DIR [--size 224] [--per-shard 1000]
                                   [--workers 4] [--fps 1] [--max-frames 64] [--quality 90]

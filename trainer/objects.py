@@ -1,8 +1,8 @@
 """Object supervision: an auxiliary loss that teaches the vision encoder what each object is.
 
 The answer loss reaches DINO only through one token per frame, and on ShapesQA that signal was too
-weak for the encoder to learn shape at all (`eval.shapes_probe`: the trained encoder held no more
-shape than a random one). With `loss.object_weight > 0` the trainer adds, for every visible object
+weak for the encoder to learn shape at all (`experiments.shapesqa.shapes_probe`: the trained
+encoder held no more shape than a random one). With `loss.object_weight > 0` the trainer adds, for every visible object
 of every frame, a linear classification of its shape and colour from the encoder's final patch
 features pooled over the object's box:
 
@@ -12,8 +12,8 @@ features pooled over the object's box:
 With `loss.token_weight > 0` as well, the same two classifiers must also name the shape and colour of
 the object a question is about (JSON `target`) from the frame's visual token, the vector the LLM
 reads, wherever that object is visible. The encoder could tell shapes apart after object supervision
-while the token a question's query read from it could not (`eval.shapes_probe`); this asks the query
-and its read-out to carry the asked-about object, in the same feature space as its pooled patches:
+while the token a question's query read from it could not (`experiments.shapesqa.shapes_probe`);
+this asks the query and its read-out to carry the asked-about object, in the same feature space as its pooled patches:
 
     tokens z [n, D] --> shape / colour logits      loss = token_weight * (CE(shape) + CE(colour)) / 2
 

@@ -1,4 +1,4 @@
-"""AdamW with connector / dino / llm parameter groups, and the LR schedules (design.md §5).
+"""AdamW with connector / dino / llm parameter groups, and the LR schedules (docs/training.md).
 
 Groups come from `fvlm.vlm.param_group` (connector = q_static, q_init, encoder.query_input_proj,
 encoder.output_proj, dino_to_llm, llm_to_query). Each has its own base LR. Weight decay applies

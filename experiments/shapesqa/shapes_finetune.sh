@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The CPU fine-tunes behind fvlm's shipped default model, in order, from the GPU-trained model
+# (runs/shapes_gpu2/final: README.md "How it was trained"). Makes the ShapesQA data that is missing,
+# then runs each config whose RUN/final does not exist yet, so an interrupted chain picks up where it
+# stopped (a run cut short resumes from its newest checkpoint). About 3.5 hours on 2 CPU cores:
+#   shapes_objects, shapes_objects_curriculum   object supervision of the encoder (+ curriculum shards)
+#   shapes_gaze, shapes_token, shapes_token_mix gaze and token supervision: the question steers the gaze
+#   shapes_vision                               stage 0: the encoder alone learns every object's shape
+#   shapes_vision_vlm                           the query, connector and LLM re-fitted to it
+#   shapes_readout, shapes_readout_mix          DINO frozen: the LLM learns to read the shape
+# The last run's final/ is what ships in fvlm/assets/default_model (with its attention_map set to the
+# most selective layer and tokenizer_config.json without the local-path keys the trainer adds).
+#
+#   bash experiments/shapesqa/shapes_finetune.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source experiments/shapesqa/chain.sh
+need_final runs/shapes_gpu2 "train it first (README.md, 'How it was trained')"
+
+shapes() {  # shapes DIR SUBSET ARGS...: make one ShapesQA subset unless it exists
+    local dir=$1 subset=$2
+    shift 2
+    [ -d "$dir/$subset" ] || "$PY" -m fvlm.cli make-shapes "$dir" --subsets "$subset" --workers 2 "$@"
+}
+shapes data/shapes128 train --n 8000 --no-videos
+shapes data/shapes128 val --eval-n 400
+shapes data/shapes128b train --n 12000 --seed 1 --no-videos
+shapes data/shapes128s train --split easy --qtypes shape,color,caption --n 9000 --seed 2 --no-videos
+shapes data/shapes128e train --split easy --n 8000 --no-videos
+
+run_chain shapes_finetune shapes_objects shapes_objects_curriculum shapes_gaze shapes_token shapes_token_mix \
+    shapes_vision shapes_vision_vlm shapes_readout shapes_readout_mix
+echo "[shapes_finetune] done: runs/shapes_readout_mix/final"
