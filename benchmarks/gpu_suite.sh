@@ -1,22 +1,16 @@
 #!/usr/bin/env bash
-# The GPU checks and benchmarks of fvlm on one CUDA machine, in one command of under 10 minutes
-# (SUITE_SECONDS, default 580); every stage has its own time limit, so a stage that hangs costs only
-# its own results:
-#   0. ShapesQA data for stage 2, made on the CPU cores in the background during stage 1,
+# fvlm's GPU checks and benchmarks on one CUDA machine, in one command of under 10 minutes; every
+# stage has its own time limit, so a stage that hangs costs only its own results:
 #   1. GPU correctness: tests/test_kernels.py (Triton kernel, bf16, every autotune config) and
 #      tests/test_engine.py (the inference engine's CUDA graphs and torch.compile against the
 #      reference path; its CPU tests run too),
-#   2. the shipped default model: trainer/shapes_gpu.sh, given whatever time the suite has left
-#      after reserving the benchmarks' limits (torch attention: no Triton autotuning in the budget),
-#   3. benchmarks.kernels, 4. benchmarks.e2e at 8,16,32,64 frames (engine vs eager in the same run),
-#   5. benchmarks.train_step.
+#   2. benchmarks.kernels, 3. benchmarks.e2e at 8,16,32,64 frames (engine vs eager in the same run),
+#   4. benchmarks.train_step.
 # Results go to the folder given as the first argument, else $FVLM_RESULTS, else
-# benchmarks/results/<gpu>-<date>/ (suite.log, *.md, *.json, e2e.png). If $OUT names a folder, they
-# are also packed into it: results.tar (refreshed after every stage) and shapes_gpu.tar.gz (the
-# trained model, its metrics and log), handy when the machine is not the one you read results on.
-# Needs torch, transformers, triton, tokenizers, opencv, pillow, numpy, pytest, pyyaml, tqdm;
-# on a machine without network access, webdataset and braceexpand can be put as wheels in .whl/
-# (installed to /tmp/site). Set PYTHON to the interpreter that holds torch (default python3).
+# benchmarks/results/<gpu>-<date>/ (suite.log, *.md, *.json, e2e.png).
+# Needs torch, transformers, triton, tokenizers, opencv, pillow, numpy, pytest, pyyaml, tqdm; on a
+# machine without network access, missing packages can be put as wheels in .whl/ (installed to
+# /tmp/site). Set PYTHON to the interpreter that holds torch (default python3).
 #
 #   bash benchmarks/gpu_suite.sh [RESULTS_DIR]
 set -uo pipefail
@@ -36,7 +30,6 @@ log="$RES/suite.log"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
     "$PY" -c "import sys, torch, transformers, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee "$log"
-pack() { [ -n "${OUT:-}" ] && tar -cf "$OUT/results.tar" "$RES" 2>/dev/null; return 0; }
 status=0
 stage() {  # stage NAME SECONDS COMMAND...
     local name=$1 limit=$2
@@ -47,30 +40,12 @@ stage() {  # stage NAME SECONDS COMMAND...
     local rc=${PIPESTATUS[0]}
     echo "=== $name: exit $rc after $((SECONDS - start))s" | tee -a "$log"
     [ "$rc" = 0 ] || status=1
-    pack
     return "$rc"
 }
-workers=$(($(nproc) > 9 ? $(nproc) - 8 : 1))  # the rest compile the tests' kernels
-rm -rf data/shapes_gpu
-DATA_ONLY=1 WORKERS=$workers bash trainer/shapes_gpu.sh > "$RES/shapes_data.log" 2>&1 &
-data_pid=$!
-
 xdist=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 6")  # Triton and torch.compile compile on CPU cores
 stage tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs $xdist tests/test_kernels.py tests/test_engine.py
-wait "$data_pid" || { echo "ShapesQA data failed (see shapes_data.log)" | tee -a "$log"; status=1; }
-tail -n 2 "$RES/shapes_data.log" | tee -a "$log"
-budget=$((${SUITE_SECONDS:-580} - SECONDS - 75 - 150 - 25 - 20))  # what the stages below may take, and packing
-rm -rf runs/shapes_gpu
-FVLM_ATTENTION_BACKEND=torch stage shapes_gpu $((budget + 15)) bash trainer/shapes_gpu.sh "$budget"
-if [ -n "${OUT:-}" ]; then  # the model (final/, or the newest checkpoint if time ran out), metrics and log
-    src=runs/shapes_gpu/final
-    [ -d "$src" ] || src=$(ls -d runs/shapes_gpu/checkpoints/step_* 2>/dev/null | tail -n 1)
-    [ -n "$src" ] && tar -czf "$OUT/shapes_gpu.tar.gz" --exclude=optimizer.pt --exclude=rng.pt "$src" \
-        runs/shapes_gpu/metrics.csv runs/shapes_gpu/config.yaml $(ls runs/shapes_gpu/run_summary.json 2>/dev/null)
-fi
 stage kernels 75 "$PY" -m benchmarks.kernels --out "$RES"
 stage e2e 150 "$PY" -m benchmarks.e2e --device cuda --frames 8,16,32,64 --no-compile --out "$RES"  # compile: its own call
 stage train_step 25 "$PY" -m benchmarks.train_step --device cuda --out "$RES"
 echo "suite exit $status; results in $RES" | tee -a "$log"
-pack
 exit $status
