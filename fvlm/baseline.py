@@ -8,9 +8,6 @@ Same inputs, outputs and generate() as FoveatedVLM; the mode argument is accepte
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import Dinov2Model
@@ -39,14 +36,13 @@ class MultiTokenVLM(VLMBase):
     def visual_tokens_per_frame(self) -> int:
         return self.config.tokens_per_frame
 
-    def _inputs(self, batch: Batch, patch_loss: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        """[prefix | k tokens per real frame | suffix] as LLM input, and patch_loss of DINO's final
-        features [n_real, 1 + N, D] (CLS first, as FoveatedVLM gives them; None without frames)."""
+    def _inputs(self, batch: Batch):
+        """[prefix | k tokens per real frame | suffix] as LLM input, and DINO's final features
+        [n_real, 1 + N, D] (CLS first, as FoveatedVLM gives them)."""
         B, T = batch.frame_mask.shape
         k = self.config.tokens_per_frame
         pixels = batch.pixel_values[batch.frame_mask]  # [n, 3, S, S]
         final = self.dino(pixel_values=pixels).last_hidden_state  # [n, 1 + gh*gw, D], CLS first
-        aux = patch_loss(final) if patch_loss is not None and pixels.shape[0] > 0 else None
         feats = final[:, 1:]  # [n, gh*gw, D]
         n, N, D = feats.shape
         g = round(N**0.5)
@@ -60,22 +56,22 @@ class MultiTokenVLM(VLMBase):
             self.embed, batch.prefix_ids, batch.prefix_mask, batch.prefix_targets,
             visual.flatten(1, 2), visual_mask,
             batch.suffix_ids, batch.suffix_mask, batch.suffix_targets,
-        ), aux
+        ), final
 
-    def forward(self, batch: Batch, mode: str = "coarse_fine", return_hidden: bool = False,
-                patch_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                **_: object) -> VLMOutput:
-        """Text loss of `batch` (mode is checked, then ignored). patch_loss: as in FoveatedVLM, a
-        training-only extra loss of the final patch features, added to the loss, kept in out.aux."""
+    def forward(self, batch: Batch, mode: str = "coarse_fine", *, return_hidden: bool = False,
+                return_features: bool = False, **_: object) -> VLMOutput:
+        """Text loss of `batch` (mode is checked, then ignored). return_hidden and return_features
+        as in FoveatedVLM.forward; the other requests (attention, tokens, coarse) have nothing to
+        return here and are ignored."""
         self.check_mode(mode)
-        inp, aux = self._inputs(batch, patch_loss)
+        inp, features = self._inputs(batch)
         hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
         text = self.loss(hidden, inp.labels)
-        out = VLMOutput(loss=text.loss, text=text, aux=aux)
-        if aux is not None:
-            out.loss = out.loss + aux
+        out = VLMOutput(loss=text.loss, text=text)
         if return_hidden:
             out.hidden, out.labels = hidden, inp.labels
+        if return_features and features.shape[0] > 0:
+            out.features = features
         return out
 
     def prefill(self, batch: Batch, mode: str, return_attention: bool, on_step=None, fast=None) -> Prefill:

@@ -91,7 +91,7 @@ class FoveatedEncoder(nn.Module):
             h = h + layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(h))))
         features = self.dino.layernorm(h)  # [F, N, D]
         shallow_kv = None
-        if not self.deep_query:  # A1: the last layer's K/V projections of the final features
+        if not self.deep_query:  # A1: keys/values = the last layer's K/V projections of norm1(final features)
             _, k_proj, v_proj, _ = attention_parts(self.layers[-1])
             x = self.layers[-1].norm1(features)
             shallow_kv = (k_proj(x), v_proj(x))
@@ -110,11 +110,8 @@ class FoveatedEncoder(nn.Module):
         F_, D = x.shape
         H, d = self.num_heads, self.head_dim
         probs = []
-        if not self.deep_query:
-            last = self.layers[-1]
-            q_proj = attention_parts(last)[0]
-            q = q_proj(last.norm1(x)).view(F_, H, d)
-            res = query_attention(q, *cache.shallow_kv, return_probs=return_attention,
+        if not self.deep_query:  # A1: x itself is the query (no norm1, no q projection)
+            res = query_attention(x.view(F_, H, d), *cache.shallow_kv, return_probs=return_attention,
                                   backend=self.attention_backend)
             x = res.out.reshape(F_, D)
             probs.append(res.probs)

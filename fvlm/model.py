@@ -112,44 +112,33 @@ class FoveatedVLM(VLMBase):
         q0 = torch.where(has_prefix[:, None], q[:, 0], self.q_init.to(q.dtype))
         return torch.cat([q0[:, None], q[:, 1:]], dim=1)
 
-    @torch.no_grad()
-    def visual_tokens(self, batch: Batch, mode: str = "coarse_fine") -> torch.Tensor:
-        """The one token per real frame that the LLM reads, before the projection into its
-        embedding space: z [n_real, D] (row-major over [B, T]), for coarse_only (static query) or
-        coarse_fine (the fine queries made from the coarse pass over the prompt). For analysis,
-        e.g. eval/shapes_probe.py's probe of what a token carries."""
-        if mode not in ("coarse_only", "coarse_fine"):
-            raise InputError(f"visual_tokens supports coarse_only and coarse_fine, not {mode!r}")
-        cache = self.encode_frames(batch)
-        z, _ = self.encoder.query_attend(self.static_queries(cache.num_frames), cache)
-        if mode == "coarse_fine":
-            inp = self.llm_input(batch, self.scatter_frames(self.project(z), batch.frame_mask), with_suffix=False)
-            hidden = self.decoder(inp.embeds, inp.mask, inp.position_ids)
-            z, _ = self.encoder.query_attend(self.fine_queries(hidden, batch)[batch.frame_mask], cache)
-        return z
-
     # ---- training / scoring forward -----------------------------------------------------------
     def forward(
         self,
         batch: Batch,
         mode: str = "coarse_fine",
+        *,
         measure_coarse: bool = False,
         return_attention: bool = False,
         return_hidden: bool = False,
-        patch_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
         return_tokens: bool = False,
+        return_features: bool = False,
     ) -> VLMOutput:
-        """Text loss of `batch` under `mode` (see the module docstring).
+        """Text loss of `batch` under `mode` (see the module docstring), and on request what the
+        pass computed on the way (None where not asked, and where there are no frames):
 
-        measure_coarse: in coarse_fine mode, also compute the static-query (coarse) loss; it is
-        always computed when config.lambda_coarse > 0 and then added to the loss.
-        patch_loss: a training-only extra loss of the final patch features [n_real, N, D] (the
-        trainer's object supervision); added to the loss and kept in out.aux. Unused without frames.
-        return_tokens: keep the mode's visual tokens z [n_real, D] (before the projection) in
-        out.tokens, for a training-only loss on what the tokens carry.
+        measure_coarse:   in coarse_fine, also the static-query (coarse) loss in out.coarse; it is
+                          always computed when config.lambda_coarse > 0 and then added to out.loss.
+        return_attention: out.attention [n_real, L, H, N] (+ out.coarse_attention in coarse_fine).
+        return_hidden:    out.hidden [B, L, d_llm] final hidden states and out.labels [B, L].
+        return_tokens:    out.tokens [n_real, D], the mode's visual tokens z before the projection
+                          into the LLM (row-major over [B, T]), e.g. for a loss or a probe of what
+                          a token carries.
+        return_features:  out.features [n_real, N, D], DINO's final patch features (CLS first).
         """
         self.check_mode(mode)
         fm = batch.frame_mask
+        cache = None
         if not bool(fm.any()):  # text only: no visual tokens, every mode is the same LLM pass
             visual = self.q_static.new_zeros(*fm.shape, self.llm.config.hidden_size)
             inp = self.llm_input(batch, visual)
@@ -188,13 +177,12 @@ class FoveatedVLM(VLMBase):
                     out.coarse = self.loss(hidden_c, inp_c.labels)
                     if self.config.lambda_coarse > 0:
                         out.loss = out.loss + self.config.lambda_coarse * out.coarse.loss
-        if patch_loss is not None and bool(fm.any()):
-            out.aux = patch_loss(cache.features)
-            out.loss = out.loss + out.aux
         if return_hidden:
             out.hidden, out.labels = hidden, inp.labels
         if not return_tokens:
             out.tokens = None
+        if return_features and cache is not None:
+            out.features = cache.features
         return out
 
     def read_frames_autoregressive(

@@ -44,11 +44,12 @@ class VLMOutput:
     text: TextLoss  # the mode's own text loss, with per-sample log-probs
     coarse: TextLoss | None = None  # static-query loss (coarse_fine with measure_coarse/lambda)
     attention: torch.Tensor | None = None  # [n_frames, L, H, N] probs of the mode's queries
-    coarse_attention: torch.Tensor | None = None  # [n_frames, L, H, N]
+    coarse_attention: torch.Tensor | None = None  # [n_frames, L, H, N] of the static query (coarse_fine)
     hidden: torch.Tensor | None = None  # [B, L, d_llm] final hidden states (return_hidden=True)
     labels: torch.Tensor | None = None  # [B, L]
-    aux: torch.Tensor | None = None  # the patch_loss term, when one was given
-    tokens: torch.Tensor | None = None  # [n_frames, D] the mode's visual tokens (return_tokens=True)
+    tokens: torch.Tensor | None = None  # [n_frames, D] the mode's visual tokens z (return_tokens=True)
+    features: torch.Tensor | None = None  # [n_frames, N, D] DINO's final patch features, CLS first
+    #                                       (return_features=True)
 
 
 # Whether generation uses the inference engine (fvlm/engine.py) when neither the call, nor model.fast, nor

@@ -107,3 +107,33 @@ def test_shallow_query_uses_final_features_only(encoder):
         cache = enc.encode_patches(torch.randn(2, 3, 32, 32))
         z, probs = enc.query_attend(torch.randn(2, 16), cache, return_attention=True)
     assert cache.shallow_kv is not None and z.shape == (2, 48) and probs.shape == (2, 1, 3, 17)
+
+
+def test_shallow_query_matches_the_published_formula_by_hand():
+    """A1: the projected query x = W_in q is the attention query itself (no norm1, no q projection),
+    split into heads against the last layer's K/V projections of norm1(final features); the
+    attended vector then goes through DINO's final layernorm and output_proj."""
+    torch.manual_seed(1)
+    cfg = tiny_vision_config(image_size=32, patch_size=8, hidden=48, layers=3, heads=3)
+    enc = FoveatedEncoder(cfg, query_dim=16, deep_query=False).eval()
+    pixels, query = torch.randn(2, 3, 32, 32), torch.randn(2, 16)
+    with torch.no_grad():
+        z, probs = enc.query_attend(query, enc.encode_patches(pixels), return_attention=True)
+        final = enc.dino(pixel_values=pixels).last_hidden_state  # [F, N, D]
+        last = enc.layers[-1]
+        _, kp, vp, _ = attention_parts(last)
+        n = torch.nn.functional.layer_norm(final, (48,), last.norm1.weight, last.norm1.bias, last.norm1.eps)
+        k, v = n @ kp.weight.T + kp.bias, n @ vp.weight.T + vp.bias  # [F, N, D]
+        x = query @ enc.query_input_proj.weight.T  # [F, D], no bias
+        H, d = 3, 16
+        out = []
+        for h in range(H):
+            s = slice(h * d, (h + 1) * d)
+            w = torch.softmax(torch.einsum("fd,fnd->fn", x[:, s], k[..., s]) / math.sqrt(d), -1)  # [F, N]
+            assert torch.allclose(probs[:, 0, h], w, atol=1e-6)
+            out.append(torch.einsum("fn,fnd->fd", w, v[..., s]))
+        a = torch.cat(out, -1)  # [F, D]
+        ln = enc.dino.layernorm
+        a = torch.nn.functional.layer_norm(a, (48,), ln.weight, ln.bias, ln.eps)
+        expected = a @ enc.output_proj.weight.T + enc.output_proj.bias
+    torch.testing.assert_close(z, expected, rtol=0, atol=1e-5)

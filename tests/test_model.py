@@ -54,25 +54,24 @@ def test_modes_give_finite_loss_and_gradients(make_model, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_patch_loss_sees_the_real_frames_features_and_adds_to_the_loss(make_model, mode):
+def test_forward_returns_the_real_frames_final_features_and_leaves_the_loss_alone(make_model, mode):
     model = make_model()
     batch = collate([make_sample(model, 3, seed=1), make_sample(model, 2, "How many?", "two", seed=2)])
-    seen = []
-
-    def patch_loss(features):  # [n_real, N, D]
-        seen.append(features)
-        return features.pow(2).mean()
-
     plain = model(batch, mode=mode)
-    out = model(batch, mode=mode, patch_loss=patch_loss)
+    out = model(batch, mode=mode, return_features=True)
     expected = model.encoder.encode_patches(batch.pixel_values[batch.frame_mask]).features
-    assert len(seen) == 1 and seen[0].shape == expected.shape and seen[0].shape[0] == 5
-    torch.testing.assert_close(seen[0], expected)
-    torch.testing.assert_close(out.aux, expected.pow(2).mean())
-    torch.testing.assert_close(out.loss, plain.loss + out.aux)
-    assert plain.aux is None
+    assert out.features.shape == expected.shape and out.features.shape[0] == 5
+    torch.testing.assert_close(out.features, expected)
+    torch.testing.assert_close(out.loss, plain.loss)
+    assert plain.features is None
     text_only = collate([make_sample(model, 0, seed=3)])
-    assert model(text_only, mode=mode, patch_loss=patch_loss).aux is None and len(seen) == 1
+    assert model(text_only, mode=mode, return_features=True).features is None
+
+
+def visual_tokens(model, batch, mode):
+    """The mode's tokens z [n_real, D] from forward's outputs."""
+    with torch.no_grad():
+        return model(batch, mode=mode, return_tokens=True).tokens
 
 
 def test_visual_tokens_follow_the_question_only_in_coarse_fine(make_model):
@@ -80,15 +79,15 @@ def test_visual_tokens_follow_the_question_only_in_coarse_fine(make_model):
     a = collate([make_sample(model, 3, seed=1)])
     b = collate([make_sample(model, 3, "What shape is the red object?", seed=1)])  # same frames
     both = collate([make_sample(model, 3, seed=1), make_sample(model, 2, "How many?", seed=2)])
-    for mode in ("coarse_only", "coarse_fine"):
-        z = model.visual_tokens(a, mode)
+    for mode in MODES:
+        z = visual_tokens(model, a, mode)
         assert z.shape == (3, model.encoder.dino.config.hidden_size)
-        alone = model.visual_tokens(collate([make_sample(model, 2, "How many?", seed=2)]), mode)
-        torch.testing.assert_close(model.visual_tokens(both, mode), torch.cat([z, alone]), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(model.visual_tokens(a, "coarse_only"), model.visual_tokens(b, "coarse_only"))
-    assert not torch.allclose(model.visual_tokens(a, "coarse_fine"), model.visual_tokens(b, "coarse_fine"))
-    with pytest.raises(InputError, match="visual_tokens supports"):
-        model.visual_tokens(a, "autoregressive")
+        alone = visual_tokens(model, collate([make_sample(model, 2, "How many?", seed=2)]), mode)
+        torch.testing.assert_close(visual_tokens(model, both, mode), torch.cat([z, alone]),
+                                   rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(visual_tokens(model, a, "coarse_only"), visual_tokens(model, b, "coarse_only"))
+    for mode in ("coarse_fine", "autoregressive"):
+        assert not torch.allclose(visual_tokens(model, a, mode), visual_tokens(model, b, mode))
 
 
 def test_unknown_mode_is_an_error(make_model):

@@ -150,8 +150,16 @@ def test_forward_returns_the_tokens_the_llm_read(make_model, mode):
     out = model(batch, mode=mode, return_tokens=True)
     assert out.tokens.shape == (5, model.encoder.dino.config.hidden_size)
     assert model(batch, mode=mode).tokens is None
-    if mode != "autoregressive":
-        torch.testing.assert_close(out.tokens, model.visual_tokens(batch, mode), rtol=1e-4, atol=1e-5)
+    if mode != "autoregressive":  # the same tokens, built from the model's public building blocks
+        with torch.no_grad():
+            cache = model.encode_frames(batch)
+            z, _ = model.encoder.query_attend(model.static_queries(cache.num_frames), cache)
+            if mode == "coarse_fine":
+                visual = model.scatter_frames(model.project(z), batch.frame_mask)
+                inp = model.llm_input(batch, visual, with_suffix=False)
+                hidden = model.decoder(inp.embeds, inp.mask, inp.position_ids)
+                z, _ = model.encoder.query_attend(model.fine_queries(hidden, batch)[batch.frame_mask], cache)
+        torch.testing.assert_close(out.tokens, z, rtol=1e-4, atol=1e-5)
     else:  # row-major over [B, T], as every other per-frame tensor: sample 0's frames first
         alone = model(collate([make_sample(model, 2, "How many?", "two", seed=2)]), mode=mode, return_tokens=True)
         torch.testing.assert_close(out.tokens[3:], alone.tokens, rtol=1e-4, atol=1e-5)

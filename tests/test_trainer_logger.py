@@ -91,3 +91,23 @@ def test_gradient_checkpointing_keeps_the_loss_and_compile_is_wired(tmp_path, ma
     ckpt.backward()
     assert len(calls) == 4  # both recomputed in the backward: activations were not kept
     assert model.llm_to_query.weight.grad.abs().sum() > 0
+
+
+def test_step_sums_become_the_logged_metrics(tmp_path):
+    from trainer import objectives
+
+    raw = tiny_config(tmp_path / "run", "unused/*.tar", loss={"object_weight": 1.0, "gaze_weight": 0.5})
+    cfg = from_dict(raw)
+    names = objectives.sum_names(cfg)
+    assert "loss_objects" in names and "loss_gaze" in names and "loss_token" not in names
+    sums = dict.fromkeys(names, 0.0)
+    objectives.add(sums, {"loss": 3.0, "loss_fine": 2.0, "loss_coarse": 4.0, "coarse_batches": 1.0,
+                          "loss_objects": 0.6, "object_shape_acc": 0.5, "object_color_acc": 1.0,
+                          "objects_batches": 1.0})
+    objectives.add(sums, {"loss": 1.0, "loss_fine": 1.0})  # a micro-batch without coarse / objects
+    m = objectives.metrics(sums, n=2, stage=cfg.stage)
+    assert m == {"loss": 2.0, "loss_fine": 1.5, "loss_coarse": 4.0, "loss_ratio": 1.5 / 4.0,
+                 "loss_objects": 0.6, "object_shape_acc": 0.5, "object_color_acc": 1.0}  # no gaze batch
+    assert set(m) <= set(COLUMNS)
+    with pytest.raises(KeyError):
+        objectives.add(sums, {"loss_token": 1.0})  # a term the configuration does not have

@@ -135,6 +135,13 @@ def test_training_with_object_supervision_logs_resumes_and_ships_no_head(tmp_pat
     assert set(read_weights(last / ckpt.HEAD_NAME)) == {"shape.weight", "shape.bias", "color.weight", "color.bias"}
     load_pretrained(tmp_path / "full" / "final")
     load_pretrained(last)  # a checkpoint is a loadable model too
+    final_files = {p.name for p in (tmp_path / "full" / "final").iterdir()}
+    assert {"config.json", "model.safetensors"} <= final_files  # the model alone, no trainer state:
+    assert not final_files & {ckpt.HEAD_NAME, ckpt.OPTIMIZER_NAME, ckpt.RNG_NAME, ckpt.STATE_NAME}
+    from fvlm.model import FoveatedVLM
+
+    final = FoveatedVLM.from_pretrained(tmp_path / "full" / "final")
+    assert set(saved) <= set(final.state_dict())  # every saved tensor is a model weight (tied ones once)
 
     crash = run_trainer(killed, env=subprocess_env(FVLM_TRAINER_KILL_AT_STEP="5"))
     assert crash.returncode == -9, crash.stderr[-3000:]

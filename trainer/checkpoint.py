@@ -3,7 +3,8 @@
     RUN/checkpoints/step_0000100/        a complete checkpoint (appears only by rename)
         config.json, model.safetensors,  fvlm.hub.save_pretrained: `fvlm generate --model` works
         tokenizer files
-        object_head.safetensors          the training-only object head (loss.object_weight > 0)
+        object_head.safetensors          the training-only object head (loss.object_weight > 0;
+                                         trainer/heads.py), never in model.safetensors
         optimizer.pt                     AdamW state (tensors only; read with weights_only=True)
         rng.pt                           every rank's torch CPU (and CUDA) RNG state
         trainer_state.json               step, samples, schedule step, grad-scaler state, every
@@ -16,7 +17,6 @@ Pruning keeps the last `keep_last` checkpoints and the best one. Only rank 0 wri
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -35,19 +35,7 @@ OPTIMIZER_NAME = "optimizer.pt"
 RNG_NAME = "rng.pt"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
-TRAIN_ONLY = "object_head"  # a submodule the trainer adds (trainer/objects.py); never in the model
-HEAD_NAME = f"{TRAIN_ONLY}.safetensors"
-
-
-@contextlib.contextmanager
-def model_only(model: torch.nn.Module):
-    """The model without its training-only submodule for the duration; yields that module or None."""
-    extra = model._modules.pop(TRAIN_ONLY, None)
-    try:
-        yield extra
-    finally:
-        if extra is not None:
-            model._modules[TRAIN_ONLY] = extra
+HEAD_NAME = "object_head.safetensors"  # TrainModule.heads["object_head"], saved beside the model
 
 
 @dataclass
@@ -99,18 +87,20 @@ def save(
     state: TrainState,
     rng: list[dict[str, torch.Tensor]],
     keep_last: int,
+    heads: dict[str, torch.nn.Module] | None = None,
 ) -> Path:
-    """Write checkpoint `state.step` atomically, update `best`, prune. Returns its directory."""
+    """Write checkpoint `state.step` atomically, update `best`, prune. Returns its directory.
+    heads: the training-only modules by name, each saved as NAME.safetensors beside the model."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_name(state.step)
     tmp = root / f"{TMP_PREFIX}{final.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    with model_only(model) as head:
-        save_pretrained(model, tmp)
-    if head is not None:
-        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD_NAME))
+    save_pretrained(model, tmp)
+    for name, head in (heads or {}).items():
+        weights = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+        save_file(weights, str(tmp / f"{name}.safetensors"))
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
     torch.save(rng, tmp / RNG_NAME)
     (tmp / STATE_NAME).write_text(json.dumps(asdict(state), indent=1))
@@ -163,19 +153,21 @@ def load_state(path: Path) -> TrainState:
     return TrainState(**json.loads((path / STATE_NAME).read_text()))
 
 
-def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[TrainState, list]:
-    """Load weights and optimizer state from a checkpoint dir; returns its state and RNG states."""
+def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            heads: dict[str, torch.nn.Module] | None = None) -> tuple[TrainState, list]:
+    """Load model, head and optimizer state from a checkpoint dir; returns its state and RNG states."""
     path = Path(path)
     state = load_state(path)
-    with model_only(model) as head:
-        load_weights(model, read_weights(path / WEIGHTS_NAME), source=str(path / WEIGHTS_NAME))
-    if (head is not None) != (path / HEAD_NAME).is_file():
+    load_weights(model, read_weights(path / WEIGHTS_NAME), source=str(path / WEIGHTS_NAME))
+    heads = heads or {}
+    has_head = "object_head" in heads
+    if has_head != (path / HEAD_NAME).is_file():
         raise CheckpointError(
-            f"{path} was written {'without' if head is not None else 'with'} loss.object_weight > 0: "
+            f"{path} was written {'without' if has_head else 'with'} loss.object_weight > 0: "
             "resume it with the same loss.object_weight setting"
         )
-    if head is not None:
-        head.load_state_dict(read_weights(path / HEAD_NAME))
+    for name, head in heads.items():
+        head.load_state_dict(read_weights(path / f"{name}.safetensors"))
     optimizer.load_state_dict(torch.load(path / OPTIMIZER_NAME, map_location="cpu", weights_only=True))
     rng = torch.load(path / RNG_NAME, map_location="cpu", weights_only=True)
     return state, rng

@@ -65,7 +65,13 @@ def dpo_step(
     policy: torch.nn.Module, reference: torch.nn.Module, batch: Batch, mode: str, beta: float
 ) -> DPOStats:
     """`policy` may be DDP-wrapped: its forward is the one call that carries gradients."""
-    logp = policy(batch, mode=mode).text.logprob  # [2B]
+    return dpo_from_logprobs(policy(batch, mode=mode).text.logprob, reference, batch, mode, beta)
+
+
+def dpo_from_logprobs(logp: torch.Tensor, reference: torch.nn.Module, batch: Batch, mode: str, beta: float
+                      ) -> DPOStats:
+    """The DPO loss of the policy's per-row answer log-probs logp [2B] (from a pass that carries the
+    gradients, e.g. the trainer module's), the reference scoring the same rows."""
     with torch.no_grad():
         ref = reference(batch, mode=mode).text.logprob  # [2B]
     B = logp.shape[0] // 2

@@ -124,29 +124,31 @@ def evaluate(
 
 @torch.no_grad()
 def evaluate_objects(
-    objective: torch.nn.Module,
+    module: torch.nn.Module,
     batches,
     dist: D.Dist,
     autocast: Callable[[], AbstractContextManager],
 ) -> dict[str, float | None]:
-    """Stage 0: the object loss and shape / colour accuracy of `objective` (trainer/objects.py:
-    VisionObjective) over the validation batches, object-weighted; val_loss is the object loss."""
-    was_training = objective.training
-    objective.eval()
+    """Stage 0: the unweighted object loss and shape / colour accuracy of the object head of
+    `module` (trainer/heads.py: TrainModule) on the encoder's final patch features, over the
+    validation batches, object-weighted; val_loss is the object loss."""
+    was_training = module.training
+    module.eval()
+    head = module.object_head
     sums = torch.zeros(5, dtype=torch.float64)  # loss, shape and colour hits (x objects), objects, samples
     for tb in batches:
         batch = tb.batch.to(dist.device)
         targets = tb.objects.to(dist.device)[batch.frame_mask]  # [n_real, K, 6]
         with autocast():
-            loss = objective(batch.pixel_values[batch.frame_mask], targets)
-        stats = objective.head.stats
-        n = stats.get("objects", 0.0)
+            features = module.model.encoder.encode_patches(batch.pixel_values[batch.frame_mask]).features
+            loss = float(head(features, targets))
+        n = head.stats.get("objects", 0.0)
         if n:
-            sums[:4] += torch.tensor([float(loss) * n, stats["shape_acc"] * n, stats["color_acc"] * n, n],
+            sums[:4] += torch.tensor([loss * n, head.stats["shape_acc"] * n, head.stats["color_acc"] * n, n],
                                      dtype=torch.float64)
         sums[4] += tb.size
     D.all_reduce_sum(dist, sums)
-    objective.train(was_training)
+    module.train(was_training)
     n = float(sums[3])
     return {
         "val_loss": float(sums[0]) / n if n else None,

@@ -134,16 +134,3 @@ class ObjectHead(nn.Module):
         loss, acc = self._classify(tokens[keep].float(), rows[keep])
         return loss, {"frames": float(keep.sum()), **acc}
 
-
-class VisionObjective(nn.Module):
-    """Stage 0 (vision pretraining): the object loss of the encoder's final patch features alone, no
-    query and no LLM -- what a pretrained DINOv2 brings to the real model, learnt here from ShapesQA's
-    boxes. A module of its own so that DDP sees only the parameters it trains."""
-
-    def __init__(self, encoder: nn.Module, head: ObjectHead):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, pixels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """pixels [F, 3, S, S] of the real frames, targets [F, K, 6] -> the unweighted object loss."""
-        return self.head(self.encoder.encode_patches(pixels).features, targets)

@@ -28,10 +28,14 @@ from .config import GROUPS, OptimConfig
 NO_DECAY_NAMES = ("q_static", "q_init")
 
 
-def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Trainable parameters in groups named '<group>' (decayed) and '<group>/no_decay'."""
+def param_groups(model: torch.nn.Module, cfg: OptimConfig, heads: dict[str, torch.nn.Module] | None = None
+                 ) -> list[dict]:
+    """Trainable parameters in groups named '<group>' (decayed) and '<group>/no_decay'. heads: the
+    trainer's training-only modules by name (trainer/heads.py), trained with the connector group."""
+    named = list(model.named_parameters())
+    named += [(f"{k}.{n}", p) for k, head in (heads or {}).items() for n, p in head.named_parameters()]
     buckets: dict[str, list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
+    for name, p in named:
         if not p.requires_grad:
             continue
         group = param_group(name)
@@ -55,8 +59,9 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    groups = param_groups(model, cfg)
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, heads: dict[str, torch.nn.Module] | None = None
+                    ) -> torch.optim.AdamW:
+    groups = param_groups(model, cfg, heads)
     if not groups:
         raise ValueError(
             "no trainable parameters: model.freeze_dino and freeze_llm leave only the connector, "

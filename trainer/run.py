@@ -34,15 +34,15 @@ from fvlm.vlm import param_group
 
 from . import checkpoint as ckpt
 from . import dist as D
+from . import objectives
 from .build import build_model, build_tokenizer, freeze, speedups
 from .config import Config, load_config, to_yaml
 from .data import Decoder, EvalStream, TrainStream, advance, expand_shards, loader, skipped_counts
-from .dpo import dpo_step, reference_model
+from .dpo import reference_model
 from .evaluate import evaluate, evaluate_objects
 from .flops import sample_flops, samples_for_budget
-from .gaze import gaze_loss, target_rows, visible_targets
+from .heads import TrainModule
 from .logger import RunLogger, line
-from .objects import ObjectHead, VisionObjective
 from .optim import build_optimizer, set_lrs, warmup_steps
 
 # Test-only fault injection: SIGKILL this process right after optimizer step N (0 = never).
@@ -141,18 +141,14 @@ class Trainer:
         model = build_model(cfg, self.tokenizer)
         self.reference = reference_model(model).to(dist.device) if self.dpo else None
         freeze(model, cfg)
-        if cfg.loss.object_weight > 0:  # a submodule for the optimizer and DDP; see checkpoint.model_only
-            vision = model.config.vision
-            setattr(model, ckpt.TRAIN_ONLY, ObjectHead(vision["hidden_size"], vision["patch_size"]))
-        if cfg.loss.gaze_weight > 0:  # foveated only (config.validate)
-            model.encoder.attention_backend = "torch"  # the Triton kernel gives no gradient through probs
-        self.model = model.to(dist.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.module = TrainModule(model, cfg.loss).to(dist.device)  # the model + training-only heads
+        self.model, self.heads = self.module.model, self.module.heads
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.heads)
         self.autocast, dtype = autocast_factory(cfg, dist.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
         self.state = ckpt.TrainState()
         if self.resume_dir is not None:
-            self.state, rng = ckpt.restore(self.resume_dir, self.model, self.optimizer)
+            self.state, rng = ckpt.restore(self.resume_dir, self.model, self.optimizer, self.heads)
             if len(rng) != dist.world:
                 raise ConfigError(
                     f"{self.resume_dir} was written by {len(rng)} processes, this run has "
@@ -248,10 +244,8 @@ class Trainer:
             return self.dry_run() if self.dist.main else 0
         cfg, dist = self.cfg, self.dist
         speedups(self.model, cfg)
-        net: torch.nn.Module = self.model
-        if cfg.stage == 0:  # vision pretraining: only the encoder and the object head run
-            net = self.objective = VisionObjective(self.model.encoder, self.model.object_head)
-        if dist.enabled:  # text-only batches leave DINO unused, coarse_only llm_to_query/q_init
+        net: torch.nn.Module = self.module
+        if dist.enabled:  # unused: DINO (text-only batches), llm_to_query/q_init (coarse_only), LLM (stage 0)
             net = DDP(
                 net,
                 device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
@@ -294,184 +288,104 @@ class Trainer:
         return open(path, "a")
 
     def _loop(self) -> None:
+        """nanoGPT-style: per step, grad_accum micro-batches (DDP syncs on the last), clip, step,
+        reduce the sums over ranks, log, evaluate, save."""
         cfg, dist, st = self.cfg, self.dist, self.state
         accum = cfg.train.grad_accum
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        trainable = [p for p in self.module.parameters() if p.requires_grad]
         batches = iter(self._train_loader())
-        start_time, start_samples, start_wall = time.time(), st.samples, st.wall_time
-        bar = tqdm(
-            total=self.total_steps,
-            initial=st.step,
-            disable=not dist.main,
-            desc=cfg.run.name,
-            dynamic_ncols=True,
-        )
-        last_eval: dict[str, Any] = {}
+        self.clock = (time.time(), st.samples, st.wall_time)  # start time, samples and earlier wall time
+        bar = tqdm(total=self.total_steps, initial=st.step, disable=not dist.main, desc=cfg.run.name,
+                   dynamic_ncols=True)
         last_train: dict[str, Any] = {}
+        last_eval: dict[str, Any] = {}
         while st.step < self.total_steps:
             mode = pick_mode(cfg, st.step)
             log_now = (st.step + 1) % cfg.log.every_steps == 0 or st.step + 1 == self.total_steps
-            measure = (
-                log_now and self.model.architecture == "foveated" and mode == "coarse_fine" and not self.dpo
-            )
-            # sums over micro-batches: loss, fine, coarse, coarse count, samples, text batches, dpo x4
-            acc = torch.zeros(10, dtype=torch.float64)
-            objects = torch.zeros(4, dtype=torch.float64)  # loss, shape acc, colour acc, batches
-            gaze = torch.zeros(3, dtype=torch.float64)  # loss, mass inside the box, batches
-            token = torch.zeros(4, dtype=torch.float64)  # loss, shape acc, colour acc, batches
+            sums = dict.fromkeys(objectives.sum_names(cfg), 0.0)
             for micro in range(accum):
-                tb = next(batches)
-                advance(self.position, tb)
-                if self.keys_file is not None:
-                    self.keys_file.write(
-                        json.dumps({"step": st.step + 1, "micro": micro, "kind": tb.kind, "keys": tb.keys})
-                        + "\n"
-                    )
-                    self.keys_file.flush()
-                batch = tb.batch.to(dist.device)
+                tb = self._next_batch(batches, micro)
                 sync = not dist.enabled or micro == accum - 1
                 with contextlib.nullcontext() if sync else self.net.no_sync():
                     with self.autocast():
-                        aux = None  # the weighted object loss of this micro-batch, if any
-                        if cfg.stage == 0:
-                            targets = tb.objects.to(dist.device)[batch.frame_mask]  # [n_real, K, 6]
-                            loss = aux = cfg.loss.object_weight * self.net(
-                                batch.pixel_values[batch.frame_mask], targets)
-                        elif self.dpo:
-                            stats = dpo_step(
-                                self.net, self.reference, batch, mode, cfg.loss.beta
-                            )
-                            loss = stats.loss
-                            acc[6:10] += torch.tensor(
-                                [
-                                    float(stats.reward_acc),
-                                    float(stats.margin),
-                                    float(stats.chosen_reward),
-                                    float(stats.rejected_reward),
-                                ]
-                            )
-                        else:
-                            asked = mode != "coarse_only" and tb.target is not None
-                            steer, read = asked and cfg.loss.gaze_weight > 0, asked and cfg.loss.token_weight > 0
-                            out = self.net(batch, mode=mode, measure_coarse=measure, return_attention=steer,
-                                           return_tokens=read, patch_loss=self._object_loss(tb, batch))
-                            loss = out.loss
-                            if steer or read:
-                                patch = self.model.config.vision["patch_size"]
-                                rows = target_rows(tb.objects, tb.target).to(dist.device)[batch.frame_mask]
-                                rows = visible_targets(rows, self.model.config.image_size // patch, patch)
-                            if steer:
-                                g, stats = gaze_loss(out.attention, rows, patch)
-                                loss = loss + cfg.loss.gaze_weight * g
-                                if stats["frames"]:
-                                    gaze += torch.tensor([float(g.detach()), stats["mass"], 1.0],
-                                                         dtype=torch.float64)
-                            if read:
-                                t_loss, stats = self.model.object_head.token_loss(out.tokens, rows)
-                                loss = loss + cfg.loss.token_weight * t_loss
-                                if stats["frames"]:
-                                    token += torch.tensor([float(t_loss.detach()), stats["shape_acc"],
-                                                           stats["color_acc"], 1.0], dtype=torch.float64)
-                            aux = out.aux
-                            acc[1] += float(out.text.loss.detach())
-                            if out.coarse is not None:
-                                acc[2] += float(out.coarse.loss.detach())
-                                acc[3] += 1
-                        if aux is not None and self.model.object_head.stats.get("objects"):
-                            head = self.model.object_head.stats
-                            objects += torch.tensor([float(aux.detach()), head["shape_acc"], head["color_acc"], 1.0],
-                                                    dtype=torch.float64)
+                        loss, parts = self._objective(tb, mode, measure=log_now)
                     self.scaler.scale(loss / accum).backward()
-                acc[0] += float(loss.detach())
-                acc[4] += tb.size
-                acc[5] += tb.kind == "text"
+                objectives.add(sums, {"loss": float(loss.detach()), "samples": tb.size,
+                                      "text_batches": float(tb.kind == "text"), **parts})
             self.scaler.unscale_(self.optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip))
             lrs = set_lrs(self.optimizer, st.step, self.total_steps, cfg.optim)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            D.all_reduce_sum(dist, acc)
-            if cfg.loss.object_weight > 0:
-                D.all_reduce_sum(dist, objects)
-            if cfg.loss.gaze_weight > 0:
-                D.all_reduce_sum(dist, gaze)
-            if cfg.loss.token_weight > 0:
-                D.all_reduce_sum(dist, token)
+            reduced = D.all_reduce_sum(dist, torch.tensor(list(sums.values()), dtype=torch.float64))
+            sums = dict(zip(sums, reduced.tolist()))
             st.step += 1
-            st.samples += int(acc[4])
+            st.samples += int(sums["samples"])
             bar.update(1)
-
             if log_now:
-                n = accum * dist.world
-                elapsed = time.time() - start_time
-                m = {
-                    "samples": st.samples,
-                    "epoch": min(w["epoch"] for w in self.position["workers"]),
-                    "wall_time": start_wall + elapsed,
-                    "loss": float(acc[0] / n),
-                    "grad_norm": grad_norm,
-                    **{f"lr_{g}": v for g, v in lrs.items()},
-                    "samples_per_s": (st.samples - start_samples) / max(elapsed, 1e-9),
-                    "gpu_mem_gb": (
-                        torch.cuda.max_memory_allocated(dist.device) / 1e9
-                        if dist.device.type == "cuda"
-                        else 0.0
-                    ),
-                    "skipped_samples": self._skipped(),
-                    "text_batches": int(acc[5]),
-                }
-                if self.dpo:
-                    m.update(
-                        dpo_reward_acc=float(acc[6] / n),
-                        dpo_margin=float(acc[7] / n),
-                        dpo_chosen_reward=float(acc[8] / n),
-                        dpo_rejected_reward=float(acc[9] / n),
-                    )
-                else:
-                    if cfg.stage > 0:
-                        m["loss_fine"] = float(acc[1] / n)
-                    if acc[3] > 0:
-                        m["loss_coarse"] = float(acc[2] / acc[3])
-                        m["loss_ratio"] = m["loss_fine"] / m["loss_coarse"]
-                    if objects[3] > 0:
-                        m["loss_objects"] = float(objects[0] / objects[3])
-                        m["object_shape_acc"] = float(objects[1] / objects[3])
-                        m["object_color_acc"] = float(objects[2] / objects[3])
-                    if gaze[2] > 0:
-                        m["loss_gaze"] = float(gaze[0] / gaze[2])
-                        m["gaze_mass"] = float(gaze[1] / gaze[2])
-                    if token[3] > 0:
-                        m["loss_token"] = float(token[0] / token[3])
-                        m["token_shape_acc"] = float(token[1] / token[3])
-                        m["token_color_acc"] = float(token[2] / token[3])
-                last_train = m
-                if dist.main:
-                    self.logger.log("train", st.step, m)
-                    bar.write(line(st.step, self.total_steps, m))
-                if not math.isfinite(m["loss"]):
-                    raise FloatingPointError(f"loss is {m['loss']} at step {st.step}")
-
+                last_train = self._log(sums, grad_norm, lrs, bar)
             done = st.step == self.total_steps
             improved = False
             if self.val_shards is not None and (st.step % cfg.eval.every_steps == 0 or done):
                 last_eval = self._evaluate()
                 improved = self._update_best(last_eval)
             if improved or done or st.step % cfg.checkpoint.every_steps == 0:
-                st.wall_time = start_wall + time.time() - start_time
+                st.wall_time = self.clock[2] + time.time() - self.clock[0]
                 self._save()
             if st.step == KILL_AT_STEP:  # fault injection for the resume tests: a hard crash here
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
         self._finish(last_train, last_eval)
 
-    def _object_loss(self, tb, batch):
-        """The patch_loss closure of a batch: weighted object supervision, or None."""
-        if tb.objects is None or self.cfg.loss.object_weight <= 0:
-            return None
-        targets = tb.objects.to(self.dist.device)[batch.frame_mask]  # [n_real, K, 6]
-        head, weight = self.model.object_head, self.cfg.loss.object_weight
-        return lambda features: weight * head(features, targets)
+    def _next_batch(self, batches, micro: int):
+        """The next training batch; advances the data position and records its sample keys."""
+        tb = next(batches)
+        advance(self.position, tb)
+        if self.keys_file is not None:
+            row = {"step": self.state.step + 1, "micro": micro, "kind": tb.kind, "keys": tb.keys}
+            self.keys_file.write(json.dumps(row) + "\n")
+            self.keys_file.flush()
+        return tb
+
+    def _objective(self, tb, mode: str, measure: bool) -> tuple[torch.Tensor, objectives.Sums]:
+        """The stage's objective of one micro-batch (trainer/objectives.py). measure: also the coarse
+        loss (a logged step of foveated coarse_fine training)."""
+        cfg, device = self.cfg, self.dist.device
+        batch = tb.batch.to(device)
+        objects = None if tb.objects is None else tb.objects.to(device)
+        target = None if tb.target is None else tb.target.to(device)
+        if cfg.stage == 0:
+            return objectives.vision(self.net, batch, objects)
+        if self.dpo:
+            return objectives.dpo(self.net, self.reference, batch, mode, cfg.loss.beta)
+        measure = measure and self.model.architecture == "foveated" and mode == "coarse_fine"
+        return objectives.ce(self.net, batch, mode, objects, target, measure)
+
+    def _log(self, sums: objectives.Sums, grad_norm: float, lrs: dict[str, float], bar) -> dict[str, Any]:
+        """The train metrics of the step just taken (reduced sums); logged and printed on rank 0."""
+        dist, st = self.dist, self.state
+        start_time, start_samples, start_wall = self.clock
+        elapsed = time.time() - start_time
+        m = {
+            "samples": st.samples,
+            "epoch": min(w["epoch"] for w in self.position["workers"]),
+            "wall_time": start_wall + elapsed,
+            "grad_norm": grad_norm,
+            **{f"lr_{g}": v for g, v in lrs.items()},
+            "samples_per_s": (st.samples - start_samples) / max(elapsed, 1e-9),
+            "gpu_mem_gb": (torch.cuda.max_memory_allocated(dist.device) / 1e9
+                           if dist.device.type == "cuda" else 0.0),
+            "skipped_samples": self._skipped(),
+            "text_batches": int(sums["text_batches"]),
+            **objectives.metrics(sums, self.cfg.train.grad_accum * dist.world, self.cfg.stage),
+        }
+        if dist.main:
+            self.logger.log("train", st.step, m)
+            bar.write(line(st.step, self.total_steps, m))
+        if not math.isfinite(m["loss"]):
+            raise FloatingPointError(f"loss is {m['loss']} at step {st.step}")
+        return m
 
     def _skipped(self) -> int:
         local = torch.tensor([sum(skipped_counts(self.position).values())], dtype=torch.float64)
@@ -479,7 +393,7 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, Any]:
         if self.cfg.stage == 0:
-            metrics = evaluate_objects(self.objective, self._val_loader(), self.dist, self.autocast)
+            metrics = evaluate_objects(self.module, self._val_loader(), self.dist, self.autocast)
         else:
             heatmaps = self.run_dir / "heatmaps" / ckpt.step_name(self.state.step)
             metrics = evaluate(
@@ -509,7 +423,8 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(dist.device)
         rngs = D.all_gather(dist, rng)
         if dist.main:
-            ckpt.save(self.run_dir, self.model, self.optimizer, st, rngs, self.cfg.checkpoint.keep_last)
+            ckpt.save(self.run_dir, self.model, self.optimizer, st, rngs, self.cfg.checkpoint.keep_last,
+                      heads=self.heads)
         D.barrier(dist)
 
     def _finish(self, last_train: dict[str, Any], last_eval: dict[str, Any]) -> None:
@@ -517,8 +432,7 @@ class Trainer:
         if not dist.main:
             return
         final_dir = self.run_dir / "final"
-        with ckpt.model_only(self.model):  # the object head is training-only
-            self.model.save_pretrained(final_dir)
+        self.model.save_pretrained(final_dir)  # the model alone: the heads are training-only
         best = {
             "metric": "val_dpo_loss" if self.dpo else "val_loss",
             "value": st.best_metric,

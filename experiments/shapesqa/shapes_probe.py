@@ -102,7 +102,7 @@ def token_features(model, records: list[dict], progress: bool = True) -> dict:
     for r in tqdm(records, desc="probe tokens", disable=not progress, file=sys.stderr):
         batch = model.collate([model.sample(model.clip(r["video"]), r["question"])], for_generation=True)
         batch = batch.to(model.device)
-        tokens = {k: model.visual_tokens(batch, mode).float().cpu().numpy()  # [T, D]
+        tokens = {k: model(batch, mode=mode, return_tokens=True).tokens.float().cpu().numpy()  # [T, D]
                   for k, mode in (("token_fine", "coarse_fine"), ("token_coarse", "coarse_only"))}
         if len(r["visible"]) != len(tokens["token_fine"]):
             raise ValueError(f"{r['video']}: {len(tokens['token_fine'])} sampled frames but the index has "
