@@ -34,7 +34,7 @@ from trainer.run import main, pick_mode
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
+    """Tiny models: one intra-op thread is several times faster than several."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
