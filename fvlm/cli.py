@@ -119,19 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model_dir", nargs="?", default=None, help="model directory (default: shipped model)")
     i.set_defaults(func=cmd_info)
 
-    from . import synthetic
+    from .shapesqa import generate, score
 
     s = sub.add_parser("make-shapes", help="generate ShapesQA clips, shards and an index",
-                       description=(synthetic.__doc__ or "").strip().split("\n\n")[0])
-    synthetic.add_arguments(s)
-    s.set_defaults(func=synthetic.run)
-
-    from . import shapes_eval
+                       description=(generate.__doc__ or "").strip().split("\n\n")[0])
+    generate.add_arguments(s)
+    s.set_defaults(func=generate.run)
 
     e = sub.add_parser("eval-shapes", help="ShapesQA accuracy per question type and gaze metrics",
-                       description=(shapes_eval.__doc__ or "").strip().split("\n\n")[0])
-    shapes_eval.add_arguments(e)
-    e.set_defaults(func=shapes_eval.run)
+                       description=(score.__doc__ or "").strip().split("\n\n")[0])
+    score.add_arguments(e)
+    e.set_defaults(func=score.run)
     d = sub.add_parser("demo", add_help=False, help="the gradio demo with live heatmaps (python -m demo)",
                        description="Pass-through to `python -m demo`; see `fvlm demo --help`.")
     d.add_argument("args", nargs=argparse.REMAINDER)
