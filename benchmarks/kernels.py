@@ -49,8 +49,7 @@ def make_inputs(F: int, H: int, N: int, d: int, dtype: torch.dtype, device: str)
 
 def methods() -> dict[str, tuple[Callable[[Inputs], torch.Tensor], bool, bool]]:
     """name -> (forward returning out, writes probs, uses the contiguous [F, H, N, d] copies)."""
-    from fvlm.attention import query_attention_torch
-    from fvlm.kernels.query_attention import query_attention_triton
+    from fvlm.attention import query_attention_torch, query_attention_triton
 
     def sdpa(x: Inputs) -> torch.Tensor:
         F, H, d = x.q.shape

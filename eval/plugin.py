@@ -2,7 +2,7 @@
 from this group, so `python -m lmms_eval --model fvlm ...` works once fvlm is pip-installed.
 
     [project.entry-points."lmms_eval.models"]
-    fvlm = "eval.plugin:manifests"
+    fvlm = "fvlm_eval.plugin:manifests"
 
 Model ids:
     fvlm             FVLM, simple request format: every task type (generation and multiple choice)
@@ -12,6 +12,9 @@ Model ids:
 `fvlm` registers only its simple class on purpose: a manifest with both classes makes lmms-eval
 pick the chat one, which cannot run multiple-choice (likelihood) tasks without --force_simple.
 This module imports nothing heavy: lmms-eval loads it whenever it builds its model registry.
+
+The class paths name this module's own package, the one the entry point imported: installed,
+`fvlm_eval` (never a stray `eval/` in the working directory).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from lmms_eval.models.registry_v2 import ModelManifest
 
 
 def manifests() -> list[ModelManifest]:
+    pkg = __package__
     return [
-        ModelManifest(model_id="fvlm", simple_class_path="eval.lmms_model.FVLM"),
-        ModelManifest(model_id="fvlm_chat", chat_class_path="eval.lmms_model.FVLMChat"),
-        ModelManifest(model_id="smolvlm2_frames", simple_class_path="eval.smolvlm.SmolVLM2"),
+        ModelManifest(model_id="fvlm", simple_class_path=f"{pkg}.lmms_model.FVLM"),
+        ModelManifest(model_id="fvlm_chat", chat_class_path=f"{pkg}.lmms_model.FVLMChat"),
+        ModelManifest(model_id="smolvlm2_frames", simple_class_path=f"{pkg}.smolvlm.SmolVLM2"),
     ]

@@ -2,7 +2,7 @@
 
 The lmms-eval tasks in eval/tasks/shapesqa/ load a one-line `shapesqa.jsonl` holding the
 generation parameters; their `process_docs` swaps it for the real docs from `load_docs`, which
-runs fvlm's ShapesQA generator (`fvlm.synthetic.make_shapes`, what `fvlm make-shapes` runs) the
+runs fvlm's ShapesQA generator (`fvlm.shapesqa.generate.make_shapes`, what `fvlm make-shapes` runs) the
 first time and reuses the result afterwards:
 
     $FVLM_SHAPESQA_DIR (default ~/.cache/fvlm/shapesqa) / <key> / test / index.jsonl, videos/*.mp4
@@ -24,13 +24,13 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from fvlm import synthetic
 from fvlm.errors import ConfigError
+from fvlm.shapesqa import generate
 
-SCORED_QTYPES = tuple(q for q in synthetic.QTYPES if q != "caption")
+SCORED_QTYPES = tuple(q for q in generate.QTYPES if q != "caption")
 OPTIONS = {
-    "color": list(synthetic.COLORS),
-    "shape": list(synthetic.SHAPES),
+    "color": list(generate.COLORS),
+    "shape": list(generate.SHAPES),
     "motion": ["left", "right", "up", "down"],
     "position": ["left", "right", "top", "bottom"],
     "count": [str(i) for i in range(9)],
@@ -56,7 +56,7 @@ def check_params(params: dict) -> dict:
 def dataset_dir(params: dict) -> Path:
     """The generated test set for `params` (generated now if missing; safe across processes)."""
     params = check_params(params)
-    source = inspect.getsource(synthetic)
+    source = inspect.getsource(generate)
     key = hashlib.sha1((json.dumps(params, sort_keys=True) + source).encode()).hexdigest()[:12]
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def dataset_dir(params: dict) -> Path:
         if not (final / "test" / "index.jsonl").is_file():
             tmp = root / f".{final.name}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            synthetic.make_shapes(tmp, params["n"], params["seed"], params["split"], "test",
+            generate.make_shapes(tmp, params["n"], params["seed"], params["split"], "test",
                                   size=params["size"], seconds=params["seconds"], fps=params["fps"],
                                   per_clip=params["per_clip"], qtypes=SCORED_QTYPES, shards=False,
                                   progress=False)
@@ -102,7 +102,7 @@ def normalize(text: str) -> str:
     """Lower case, first line, no punctuation at the ends, no leading article, digits for number words."""
     text = text.strip().split("\n")[0].lower().strip(" .!?,;:\"'")
     text = re.sub(r"^(the|a|an)\s+", "", re.sub(r"\s+", " ", text))
-    words = {w: str(i) for i, w in enumerate(synthetic.NUMBER_WORDS)}
+    words = {w: str(i) for i, w in enumerate(generate.NUMBER_WORDS)}
     return words.get(text, text)
 
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 BACKENDS = ("torch", "triton")
 
@@ -53,6 +53,29 @@ def query_attention_torch(
     return QueryAttentionOutput(out, probs.to(q.dtype) if return_probs else None, entropy)
 
 
+def query_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    return_probs: bool = False,
+    return_entropy: bool = False,
+) -> QueryAttentionOutput:
+    """The fused Triton kernel (fvlm/kernels/, CUDA or TRITON_INTERPRET=1); gradients flow to q, k, v
+    through `out` only, probs and entropy are non-differentiable. Inputs it cannot take (shapes,
+    dtypes, devices, head dims; see the kernel) raise InputError."""
+    from .kernels.query_attention import fused_query_attention
+
+    try:
+        out, probs, entropy = fused_query_attention(
+            q, k, v, scale=scale, return_probs=return_probs, return_entropy=return_entropy
+        )
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    return QueryAttentionOutput(out, probs, entropy)
+
+
 def _triton_available(device: torch.device) -> bool:
     if device.type != "cuda":
         return False
@@ -84,8 +107,6 @@ def query_attention(
 ) -> QueryAttentionOutput:
     """Dispatch one-query attention to the Triton kernel or the torch reference."""
     if resolve_backend(q.device, backend) == "triton":
-        from .kernels.query_attention import query_attention_triton
-
         return query_attention_triton(
             q, k, v, scale=scale, return_probs=return_probs, return_entropy=return_entropy
         )

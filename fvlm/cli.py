@@ -3,6 +3,8 @@
     fvlm generate VIDEO --prompt "What color is the triangle?" [--heatmaps DIR] [--mode M] [--json]
     fvlm info [MODEL_DIR]
     fvlm make-shapes OUT --n N --seed S
+    fvlm eval-shapes MODEL_DIR --index INDEX
+    fvlm demo [--port P ...]                  (pip install 'fvlm[demo]')
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 from .config import MODES
 from .errors import FVLMError
+
+COMMANDS_GROUP = "fvlm.commands"  # entry points of app commands: `fvlm demo` -> fvlm_demo.app:main
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -121,39 +125,44 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model_dir", nargs="?", default=None, help="model directory (default: shipped model)")
     i.set_defaults(func=cmd_info)
 
-    from . import synthetic
+    from .shapesqa import generate, score
 
     s = sub.add_parser("make-shapes", help="generate ShapesQA clips, shards and an index",
-                       description=(synthetic.__doc__ or "").strip().split("\n\n")[0])
-    synthetic.add_arguments(s)
-    s.set_defaults(func=synthetic.run)
-
-    from . import shapes_eval
+                       description=(generate.__doc__ or "").strip().split("\n\n")[0])
+    generate.add_arguments(s)
+    s.set_defaults(func=generate.run)
 
     e = sub.add_parser("eval-shapes", help="ShapesQA accuracy per question type and gaze metrics",
-                       description=(shapes_eval.__doc__ or "").strip().split("\n\n")[0])
-    shapes_eval.add_arguments(e)
-    e.set_defaults(func=shapes_eval.run)
-    d = sub.add_parser("demo", add_help=False, help="the gradio demo with live heatmaps (python -m demo)",
-                       description="Pass-through to `python -m demo`; see `fvlm demo --help`.")
+                       description=(score.__doc__ or "").strip().split("\n\n")[0])
+    score.add_arguments(e)
+    e.set_defaults(func=score.run)
+    d = sub.add_parser("demo", add_help=False,
+                       help="the gradio demo with live heatmaps (pip install 'fvlm[demo]')",
+                       description="Pass-through to the demo's own command line; see `fvlm demo --help`.")
     d.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
-def run_demo(argv: list[str]) -> int:
-    """`fvlm demo ...` is `python -m demo ...` (its own flags: --host, --port, --share, --model, ...)."""
+def run_command(name: str, argv: list[str]) -> int:
+    """`fvlm NAME ...` for a command an app registers in the `fvlm.commands` entry point group
+    (the demo: its own flags --host, --port, --share, --model, ...). The library imports no app."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group=COMMANDS_GROUP, name=name)
     try:
-        from demo.app import main as demo_main
+        if not found:
+            raise ImportError(f"no {COMMANDS_GROUP!r} entry point named {name!r}")
+        command = next(iter(found)).load()
     except ImportError as e:
-        print(f"fvlm: the demo needs gradio: pip install 'fvlm[demo]' ({e})", file=sys.stderr)
+        print(f"fvlm: `fvlm {name}` needs its extra: pip install 'fvlm[{name}]' ({e})", file=sys.stderr)
         return 2
-    return demo_main(argv)
+    return int(command(argv) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo"]:
-        return run_demo(argv[1:])
+        return run_command("demo", argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

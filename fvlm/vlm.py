@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
+from . import pretrained
 from .batch import Batch, Sample, collate, make_sample
 from .config import MODES, FVLMConfig
 from .errors import ConfigError, InputError, PromptTooLongError
@@ -374,23 +375,19 @@ class VLMBase(nn.Module):
     @classmethod
     def from_components(cls, vision, llm, tokenizer=None, **config_kwargs):
         """A fresh model from HF ids / local dirs (pretrained weights) or config objects (random)."""
-        from .hub import from_components
-
-        return from_components(cls, vision, llm, tokenizer, **config_kwargs)
+        return pretrained.from_components(cls, vision, llm, tokenizer, **config_kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        from .hub import save_pretrained
-
-        return save_pretrained(self, directory)
+        return pretrained.save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None):
-        from .hub import load_pretrained
+        def this_class(config: FVLMConfig) -> type:
+            if config.architecture != cls.architecture:
+                raise ConfigError(f"{directory} holds a {config.architecture} model, not a {cls.__name__}")
+            return cls
 
-        model = load_pretrained(directory, device=device)
-        if not isinstance(model, cls):
-            raise ConfigError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+        return pretrained.load_model(directory, this_class, device=device)
 
     def num_parameters_by_group(self) -> dict[str, int]:
         groups: dict[str, int] = {}

@@ -19,8 +19,8 @@ import pytest
 
 import fvlm
 from fvlm.hub import DEFAULT_MODEL_DIR
-from fvlm.shapes_eval import evaluate, gaze_densities, read_index
-from fvlm.synthetic import make_shapes
+from fvlm.shapesqa.score import evaluate, gaze_densities, read_index
+from fvlm.shapesqa.generate import make_shapes
 
 EXAMPLES = Path(fvlm.__file__).parent / "assets" / "examples"
 # coarse_fine on the 160 questions (measured 0.368 / 0.55 / 0.727 and selectivity 5.16)

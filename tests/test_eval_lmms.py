@@ -54,11 +54,14 @@ def run(lm, tasks, task_manager, limit):
 def test_entry_point_registers_the_models():
     from lmms_eval.models import get_model
 
-    from eval.smolvlm import SmolVLM2
-
-    declared = [ep for ep in entry_points(group="lmms_eval.models") if ep.value == "eval.plugin:manifests"]
+    declared = [ep for ep in entry_points(group="lmms_eval.models") if ep.value == "fvlm_eval.plugin:manifests"]
     assert declared, ('the lmms_eval.models entry point is not installed: pyproject.toml needs '
-                      '[project.entry-points."lmms_eval.models"] fvlm = "eval.plugin:manifests", then pip install -e .')
+                      '[project.entry-points."lmms_eval.models"] fvlm = "fvlm_eval.plugin:manifests", '
+                      'then pip install -e .')
+    # the classes of the installed name the entry point uses (a clone's eval.* is a second copy)
+    from fvlm_eval.lmms_model import FVLM, FVLMChat
+    from fvlm_eval.smolvlm import SmolVLM2
+
     assert get_model("fvlm") is FVLM and get_model("fvlm_chat") is FVLMChat
     assert get_model("smolvlm2_frames") is SmolVLM2
 

@@ -22,7 +22,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # must precede the first `import triton`
 triton = pytest.importorskip("triton")
 
-from fvlm.attention import query_attention  # noqa: E402
+from fvlm.attention import query_attention, query_attention_triton  # noqa: E402
 from fvlm.errors import InputError  # noqa: E402
 from fvlm.kernels import query_attention as qa  # noqa: E402
 
@@ -91,7 +91,7 @@ def assert_close(actual, expected, tol, what):
 def check(q, k, v, dout, *, scale=None, probs=True, entropy=True):
     for x in (q, k, v):
         x.requires_grad_()
-    res = qa.query_attention_triton(q, k, v, scale=scale, return_probs=probs, return_entropy=entropy)
+    res = query_attention_triton(q, k, v, scale=scale, return_probs=probs, return_entropy=entropy)
     dq, dk, dv = torch.autograd.grad(res.out, (q, k, v), dout)
     out_ref, probs_ref, ent_ref, grads_ref = reference(q, k, v, dout, scale)
     tol = TOL[q.dtype]
@@ -158,7 +158,7 @@ def test_gradient_reaches_the_cache_tensor():
     qkv.requires_grad_()
     q, k, v = qkv[:, 0, : H * d].reshape(F, H, d), qkv[..., H * d : 2 * H * d], qkv[..., 2 * H * d :]
     dout = torch.randn(F, H, d, generator=torch.Generator().manual_seed(41)).to(DEVICE)
-    qa.query_attention_triton(q, k, v).out.backward(dout)
+    query_attention_triton(q, k, v).out.backward(dout)
     _, _, _, (dq, dk, dv) = reference(q, k, v, dout)
     expected = torch.zeros(F, N, 3 * H * d, dtype=torch.float64, device=DEVICE)
     expected[:, 0, : H * d] = dq.reshape(F, H * d)
@@ -179,15 +179,15 @@ def test_dispatch_matches_torch_backend():
 def test_bad_inputs_raise_input_error():
     q, k, v, _ = make_inputs(60, 2, 5, 6, 32, torch.float32, "contiguous")
     with pytest.raises(InputError, match=r"\[F, N, H\*d\]"):
-        qa.query_attention_triton(q, k[:, :, :-32], v[:, :, :-32])
+        query_attention_triton(q, k[:, :, :-32], v[:, :, :-32])
     with pytest.raises(InputError, match="one dtype"):
-        qa.query_attention_triton(q, k.half(), v.half())
+        query_attention_triton(q, k.half(), v.half())
     with pytest.raises(InputError, match="contiguous last dim"):
         kt = k.transpose(1, 2).contiguous().transpose(1, 2)  # same values, last-dim stride N
-        qa.query_attention_triton(q, kt, v)
+        query_attention_triton(q, kt, v)
     with pytest.raises(InputError, match="power of two"):
         q48, k48, v48, _ = make_inputs(61, 2, 5, 2, 48, torch.float32, "contiguous")
-        qa.query_attention_triton(q48, k48, v48)
+        query_attention_triton(q48, k48, v48)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, run the real benchmark")
@@ -227,6 +227,6 @@ def test_faster_than_eager_gpu(monkeypatch):
     monkeypatch.setattr(qa._fwd_kernel, "configs", AUTOTUNE_CONFIGS)  # autotuned, as in real use
     q, k, v, _ = make_inputs(90, 512, 257, 6, 64, torch.bfloat16)
     kwargs = dict(return_probs=True, return_entropy=True)
-    fused = triton.testing.do_bench(lambda: qa.query_attention_triton(q, k, v, **kwargs))
+    fused = triton.testing.do_bench(lambda: query_attention_triton(q, k, v, **kwargs))
     eager = triton.testing.do_bench(lambda: query_attention_torch(q, k, v, **kwargs))
     assert fused < eager, f"triton {fused * 1e3:.0f} us vs eager {eager * 1e3:.0f} us"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fvlm.shapes_eval import (
+from fvlm.shapesqa.score import (
     box_fraction,
     evaluate,
     format_report,
@@ -54,7 +54,7 @@ def test_box_fraction_is_the_boxs_share_of_the_centre_crop():
 
 
 def test_evaluate_end_to_end(make_model, tmp_path):
-    from fvlm.synthetic import make_shapes
+    from fvlm.shapesqa.generate import make_shapes
 
     make_shapes(tmp_path, n=3, seed=0, split="hard", subset="test", shards=False, size=64, progress=False)
     records = read_index(tmp_path / "test" / "index.jsonl", limit=6)
@@ -77,7 +77,7 @@ def test_single_object_accuracy_counts_only_one_object_clips(tmp_path):
     """A stub that answers right exactly on one-object clips scores 100 % there, less overall."""
     from types import SimpleNamespace
 
-    from fvlm.synthetic import make_shapes
+    from fvlm.shapesqa.generate import make_shapes
 
     make_shapes(tmp_path, n=12, seed=3, split="easy", subset="test", shards=False, size=64, progress=False)
     records = [r for r in read_index(tmp_path / "test" / "index.jsonl") if r["qtype"] != "caption"]
@@ -107,7 +107,7 @@ def test_single_object_accuracy_counts_only_one_object_clips(tmp_path):
 def test_cli_columns(make_model, tmp_path, capsys, architecture, columns):
     """`fvlm eval-shapes`: one column per mode; a multi-token (B1) model has no modes: one column."""
     from fvlm.cli import main
-    from fvlm.synthetic import make_shapes
+    from fvlm.shapesqa.generate import make_shapes
 
     make_shapes(tmp_path, n=2, seed=0, split="easy", subset="test", shards=False, size=64, progress=False)
     make_model(seed=1, image_size=32, architecture=architecture).save_pretrained(tmp_path / "m")

@@ -21,11 +21,11 @@ def test_linear_probe_separable_and_random_labels():
 
 
 def test_probe_end_to_end(make_model, tmp_path):
-    from fvlm.synthetic import make_shapes
+    from fvlm.shapesqa.generate import make_shapes
 
     make_shapes(tmp_path, n=8, seed=0, split="easy", subset="test", shards=False, size=64, progress=False)
     index = tmp_path / "test" / "index.jsonl"
-    from fvlm.shapes_eval import read_index
+    from fvlm.shapesqa.score import read_index
 
     model = make_model(seed=1, image_size=32)
     report = probe(model, read_index(index), progress=False)
@@ -42,7 +42,7 @@ def test_probe_end_to_end(make_model, tmp_path):
 
 
 def test_cli_writes_json(make_model, tmp_path, capsys):
-    from fvlm.synthetic import make_shapes
+    from fvlm.shapesqa.generate import make_shapes
 
     make_shapes(tmp_path, n=4, seed=0, split="easy", subset="test", shards=False, size=64, progress=False)
     model = make_model(seed=1, image_size=32)
@@ -54,8 +54,8 @@ def test_cli_writes_json(make_model, tmp_path, capsys):
 
 
 def test_needs_two_clips(make_model, tmp_path):
-    from fvlm.shapes_eval import read_index
-    from fvlm.synthetic import make_shapes
+    from fvlm.shapesqa.generate import make_shapes
+    from fvlm.shapesqa.score import read_index
 
     make_shapes(tmp_path, n=1, seed=0, split="easy", subset="test", shards=False, size=64, progress=False)
     with pytest.raises(ValueError, match="2 clips"):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from fvlm import synthetic as S
 from fvlm.errors import ConfigError
+from fvlm.shapesqa import generate as S
 from fvlm.video import sample_indices
 
 SAMPLED = sample_indices(64, 8)
@@ -195,7 +195,7 @@ def test_bad_arguments_raise_config_error(tmp_path, kw):
 
 def test_packaged_examples_are_current(tmp_path):
     rows = S.make_examples(tmp_path)
-    packaged = Path(S.__file__).parent / "assets" / "examples"
+    packaged = Path(S.__file__).parents[1] / "assets" / "examples"
     assert (tmp_path / "examples.jsonl").read_text() == (packaged / "examples.jsonl").read_text()
     assert sum(p.stat().st_size for p in packaged.iterdir()) < 1_000_000
     qa = {(r["file"], r["question"]): r["answer"] for r in rows}

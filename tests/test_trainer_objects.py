@@ -19,7 +19,7 @@ from test_trainer_helpers import (
 )
 
 from fvlm.hub import load_pretrained, read_weights
-from fvlm.synthetic import SHAPES, make_shapes
+from fvlm.shapesqa.generate import SHAPES, make_shapes
 from trainer import checkpoint as ckpt
 from trainer.objects import (
     COLOR_NAMES,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from fvlm.shapes_eval import MIN_COVERAGE, patch_coverage
+from fvlm.shapesqa.score import MIN_COVERAGE, patch_coverage
 
 from .objects import FIELDS
 

@@ -18,7 +18,7 @@ this asks the query and its read-out to carry the asked-about object, in the sam
     tokens z [n, D] --> shape / colour logits      loss = token_weight * (CE(shape) + CE(colour)) / 2
 
 The boxes, shapes and colours come from the sample's JSON (ShapesQA writes `boxes`, `visible` and
-`objects`, see fvlm/synthetic.py). The head is trained with the connector group and is never part
+`objects`, see fvlm/shapesqa/generate.py). The head is trained with the connector group and is never part
 of the saved model (RUN/final); checkpoints carry it so that a resume is exact.
 """
 
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fvlm.shapes_eval import MIN_COVERAGE, patch_coverage
-from fvlm.synthetic import COLORS, SHAPES
+from fvlm.shapesqa.score import MIN_COVERAGE, patch_coverage
+from fvlm.shapesqa.generate import COLORS, SHAPES
 
 COLOR_NAMES = tuple(COLORS)
 FIELDS = 6  # x0, y0, x1, y1 (model-input pixels), shape id, colour id; shape id -1 = no object

@@ -1,3 +1,3 @@
-from eval.tasks import TASKS_DIR
+from . import TASKS_DIR
 
 print(TASKS_DIR)

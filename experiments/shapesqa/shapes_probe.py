@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fvlm.shapes_eval import MIN_COVERAGE, box_mask, patch_coverage, read_index
-from fvlm.synthetic import COLORS, SHAPES
+from fvlm.shapesqa.score import MIN_COVERAGE, box_mask, patch_coverage, read_index
+from fvlm.shapesqa.generate import COLORS, SHAPES
 
 PIXELS = 12  # side of the raw-pixel reference crop
 

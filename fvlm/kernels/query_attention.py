@@ -30,9 +30,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention import QueryAttentionOutput
-from ..errors import InputError
-
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # CPU interpreter: read when @triton.jit runs
 if _INTERPRET and isinstance(tl.zeros, triton.runtime.JITFunction):  # tl's own @jit helpers
     raise RuntimeError("TRITON_INTERPRET=1 was set after triton was imported: set it before `import triton`")
@@ -265,38 +262,38 @@ class _QueryAttention(torch.autograd.Function):
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 3 or k.dim() != 3 or k.shape != v.shape:
-        raise InputError(
-            f"query_attention_triton wants q [F, H, d] and k, v [F, N, H*d]; got q {tuple(q.shape)}, "
+        raise ValueError(
+            f"fused_query_attention wants q [F, H, d] and k, v [F, N, H*d]; got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     F, H, d = q.shape
     if k.shape[0] != F or k.shape[2] != H * d or F == 0 or k.shape[1] == 0:
-        raise InputError(
+        raise ValueError(
             f"k, v must be [F, N, H*d] = [{F}, N >= 1, {H * d}] for q {tuple(q.shape)} (and F >= 1); "
             f"got {tuple(k.shape)}"
         )
     if d & (d - 1) or not 16 <= d <= 256:
-        raise InputError(
+        raise ValueError(
             f"head dim d={d} is not supported by the Triton kernel: use a power of two in [16, 256], "
             "or backend='torch'"
         )
     if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise InputError(
+        raise ValueError(
             f"q, k, v must share one dtype of {_DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}"
         )
     if not (q.device == k.device == v.device) or (q.device.type != "cuda" and not _INTERPRET):
-        raise InputError(
+        raise ValueError(
             f"q, k, v must be on one CUDA device (got {q.device}, {k.device}, {v.device}); "
             "move them to the GPU or use backend='torch'"
         )
     if q.stride(2) != 1 or k.stride(2) != 1 or v.stride(2) != 1:
-        raise InputError(
+        raise ValueError(
             "q, k, v need a contiguous last dim (stride 1); call .contiguous() on the offending tensor "
             "(other strides may be anything)"
         )
 
 
-def query_attention_triton(
+def fused_query_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -304,15 +301,16 @@ def query_attention_triton(
     scale: float | None = None,
     return_probs: bool = False,
     return_entropy: bool = False,
-) -> QueryAttentionOutput:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Fused one-query attention; gradients flow to q, k, v through `out` only.
 
     q [F, H, d]; k, v [F, N, H*d] (views with any row strides are fine, last dim contiguous).
-    Returns out [F, H, d], probs [F, H, N] (q.dtype) and entropy [F, H] (fp32, nats); probs and
-    entropy are None unless requested, and are non-differentiable.
+    Returns (out [F, H, d], probs [F, H, N] (q.dtype), entropy [F, H] (fp32, nats)); probs and
+    entropy are None unless requested, and are non-differentiable. Raises ValueError on inputs the
+    kernel cannot take (fvlm.attention.query_attention_triton maps it to fvlm's InputError).
     """
     _check(q, k, v)
     scale = q.shape[2] ** -0.5 if scale is None else float(scale)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():  # launch on q's GPU
         out, probs, entropy = _QueryAttention.apply(q, k, v, scale, return_probs, return_entropy)
-    return QueryAttentionOutput(out, probs, entropy)
+    return out, probs, entropy

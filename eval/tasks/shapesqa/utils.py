@@ -1,12 +1,31 @@
-"""ShapesQA task functions for lmms-eval (loaded by file path from the task YAMLs)."""
+"""ShapesQA task functions for lmms-eval (loaded by file path from the task YAMLs).
 
+Loaded by path, this file belongs to no package: it imports the eval package that holds it under
+the name the process already uses (`eval` in a clone that imported it so, e.g. the tests), else
+under its installed name `fvlm_eval`, so no module is loaded twice under two names.
+"""
+
+import importlib
 import math
+import sys
+from pathlib import Path
 
 import datasets
 
-from eval.errors import is_error_response
-from eval.report import loglikelihood_value
-from eval.shapesqa import is_correct, load_docs
+
+def _package() -> str:
+    here = Path(__file__).resolve().parents[2]  # <package>/tasks/shapesqa/utils.py
+    clone = sys.modules.get("eval")
+    if clone is not None and here in [Path(p).resolve() for p in getattr(clone, "__path__", [])]:
+        return "eval"
+    return "fvlm_eval"
+
+
+_PKG = _package()
+is_error_response = importlib.import_module(f"{_PKG}.errors").is_error_response
+loglikelihood_value = importlib.import_module(f"{_PKG}.report").loglikelihood_value
+is_correct = importlib.import_module(f"{_PKG}.shapesqa").is_correct
+load_docs = importlib.import_module(f"{_PKG}.shapesqa").load_docs
 
 
 def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import MODES
-from .errors import InputError
+from ..config import MODES
+from ..errors import InputError
 
 UNSCORED = {"caption"}
 
@@ -227,7 +227,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .hub import load
+    from ..hub import load
 
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:

@@ -46,8 +46,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .errors import ConfigError
-from .video import sample_indices  # the model's own sampler: shard frames == eval frames
+from ..errors import ConfigError
+from ..video import sample_indices  # the model's own sampler: shard frames == eval frames
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -531,7 +531,7 @@ def make_shapes(out_dir: str | Path, n: int, seed: int, split: str = "mix", subs
     return {"dir": str(root), "clips": n, "samples": sum(counts.values()), "answers": counts}
 
 
-def make_examples(out_dir: str | Path = Path(__file__).parent / "assets" / "examples") -> list[dict]:
+def make_examples(out_dir: str | Path = Path(__file__).parents[1] / "assets" / "examples") -> list[dict]:
     """Regenerates the packaged example clips (deterministic) and their examples.jsonl."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
