@@ -1,7 +1,9 @@
-"""Which model a directory holds, and the one shipped inside the package.
+"""Load a model by name: the one shipped inside the package, a directory, or a hub id.
 
-- `load()`: the default model shipped inside the package; `load(dir)`: any saved model.
-- `load_pretrained(dir)`: FoveatedVLM or MultiTokenVLM, as config.json names (`model_class`).
+- `load()`: the default model shipped inside the package; `load(name)`: a saved model directory, or a
+  Hugging Face hub id `owner/name[@revision]` (e.g. "sanps/fVLM-135M", the upstream release), in
+  fvlm's format or upstream fVLM's (`resolve`, `checkpoint_format`; see docs/hub.md).
+- `load_pretrained(name)`: FoveatedVLM or MultiTokenVLM, as config.json names (`model_class`).
 - `load_upstream_weights(model, file)`: the published fVLM-135M `model.safetensors` (upstream key
   names, older transformers' DINOv2 attention names) into a model built with layout="video_first".
 - the format itself (`save_pretrained`, `read_weights`, `load_weights`, `from_components`, ...)
@@ -20,18 +22,37 @@ from .errors import CheckpointError, ConfigError
 from .pretrained import (
     WEIGHTS_NAME,
     adapt_state_dict,
+    checkpoint_format,
     from_components,
     load_model,
     load_weights,
     read_weights,
     save_pretrained,
 )
+from .resolve import Source, parse_hub_id, resolve
 
-__all__ = ["DEFAULT_MODEL_DIR", "WEIGHTS_NAME", "adapt_state_dict", "from_components", "load",
-           "load_pretrained", "load_upstream_weights", "load_weights", "model_class", "read_weights",
-           "save_pretrained"]
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "MODEL_HELP",
+    "WEIGHTS_NAME",
+    "Source",
+    "adapt_state_dict",
+    "checkpoint_format",
+    "from_components",
+    "load",
+    "load_pretrained",
+    "load_upstream_weights",
+    "load_weights",
+    "model_class",
+    "parse_hub_id",
+    "read_weights",
+    "resolve",
+    "save_pretrained",
+]
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
+MODEL_HELP = ("a saved model directory, or a Hugging Face hub id owner/name[@revision] such as "
+              "sanps/fVLM-135M (default: the ShapesQA model shipped with fvlm)")
 
 
 def model_class(config: FVLMConfig) -> type:
@@ -44,17 +65,20 @@ def model_class(config: FVLMConfig) -> type:
     return FoveatedVLM
 
 
-def load_pretrained(directory: str | os.PathLike, device: str | torch.device | None = None):
-    """A model saved with save_pretrained (FoveatedVLM or MultiTokenVLM, from config.json)."""
-    return load_model(directory, model_class, device=device)
+def load_pretrained(name: str | os.PathLike | Source, device: str | torch.device | None = None):
+    """A saved model (FoveatedVLM or MultiTokenVLM, from config.json) or an upstream fVLM checkpoint,
+    from a directory or a hub id."""
+    return load_model(name, model_class, device=device)
 
 
-def load(path: str | os.PathLike | None = None, device: str | torch.device | None = None):
-    """The model in `path`, or the default model shipped inside the package."""
-    path = DEFAULT_MODEL_DIR if path is None else Path(path)
-    if path == DEFAULT_MODEL_DIR and not (path / WEIGHTS_NAME).is_file():
-        raise CheckpointError(f"the shipped default model is missing from {path}; reinstall fvlm")
-    return load_pretrained(path, device=device)
+def load(name: str | os.PathLike | Source | None = None, device: str | torch.device | None = None):
+    """The model `name` names (a directory or a hub id owner/name[@revision]), or by default the
+    model shipped inside the package."""
+    if name is None:
+        if not (DEFAULT_MODEL_DIR / WEIGHTS_NAME).is_file():
+            raise CheckpointError(f"the shipped default model is missing from {DEFAULT_MODEL_DIR}; reinstall fvlm")
+        name = DEFAULT_MODEL_DIR
+    return load_pretrained(name, device=device)
 
 
 def load_upstream_weights(model, path: str | os.PathLike) -> None:

@@ -1,6 +1,8 @@
 """The saved-model format: config.json + model.safetensors + tokenizer files. Never unpickles.
 
-- `save_pretrained(model, dir)` / `load_model(dir, model_class)`: our own format, fully offline.
+- `save_pretrained(model, dir)`: our own format; loading it needs no network.
+- `load_model(name, model_class)`: a directory or hub id (fvlm.resolve) holding our format or an
+  upstream fVLM checkpoint (fvlm.upstream); `checkpoint_format(dir)` says which.
 - `read_weights`, `adapt_state_dict`, `load_weights`: safetensors in, checked against the model.
 - `from_components(cls, vision=..., llm=...)`: a fresh model from HF ids, local dirs or config objects.
 
@@ -10,6 +12,7 @@ This module knows no model class: its callers pass one (`FoveatedVLM.from_pretra
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -20,8 +23,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
-from .config import FVLMConfig
+from .config import CONFIG_NAME, FVLMConfig
 from .errors import CheckpointError, ConfigError
+from .resolve import Source, resolve
+from .upstream import is_upstream, tensor_shapes, upstream_config
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -101,20 +106,49 @@ def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: st
         )
 
 
-def load_model(directory: str | os.PathLike, model_class: Callable[[FVLMConfig], type],
+def checkpoint_format(directory: str | os.PathLike) -> str:
+    """"fvlm" (config.json written by save_pretrained) or "upstream" (upstream fVLM weights, their own
+    or no config.json). Anything else raises: the error says what is missing."""
+    directory = Path(directory)
+    config_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    raw = None
+    if config_path.is_file():
+        try:
+            raw = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{config_path} is not valid JSON: {e}") from e
+    if isinstance(raw, dict) and isinstance(raw.get("vision"), dict) and isinstance(raw.get("llm"), dict):
+        return "fvlm"
+    if weights.is_file() and is_upstream(tensor_shapes(weights)):
+        return "upstream"
+    if raw is None:
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}"
+                              + ("" if weights.is_file() else f" and no {WEIGHTS_NAME}")
+                              + ": is it a saved fvlm model directory?")
+    FVLMConfig.from_dict(raw)  # raises a ConfigError that names the bad keys, if any
+    raise ConfigError(f"{config_path}: a saved model stores 'vision' and 'llm' as config dicts, not names "
+                      "(build with from_components, then save_pretrained)")
+
+
+def load_model(name: str | os.PathLike | Source, model_class: Callable[[FVLMConfig], type],
                device: str | torch.device | None = None):
-    """A model saved with save_pretrained, as the class `model_class(config)` picks for its config."""
+    """The model `name` names (a directory or hub id, see fvlm.resolve), saved with save_pretrained or
+    an upstream fVLM checkpoint, as the class `model_class(config)` picks for its config."""
     from transformers import AutoTokenizer
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"model directory {directory} not found")
-    config = FVLMConfig.load(directory)
+    source = resolve(name, required=(WEIGHTS_NAME,))
+    directory = source.path
+    if checkpoint_format(directory) == "upstream":
+        config, tokenizer_dir = upstream_config(source, tensor_shapes(directory / WEIGHTS_NAME))
+    else:
+        config, tokenizer_dir = FVLMConfig.load(directory), directory
     tokenizer = None
-    if (directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    if (tokenizer_dir / "tokenizer.json").is_file() or (tokenizer_dir / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     model = model_class(config)(config, tokenizer)
-    load_weights(model, read_weights(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
+    weights = directory / WEIGHTS_NAME
+    where = f"{source.name}: {WEIGHTS_NAME}" if source.repo_id else str(weights)
+    load_weights(model, read_weights(weights), source=where)
     model.eval()
     return model.to(device) if device is not None else model
 
