@@ -22,8 +22,9 @@ COMMANDS_GROUP = "fvlm.commands"  # entry points of app commands: `fvlm demo` ->
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, metavar="DIR",
-                   help="a saved fvlm model directory (default: the model shipped with the package)")
+    from .resolve import MODEL_HELP
+
+    p.add_argument("--model", default=None, metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
@@ -77,17 +78,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .hub import DEFAULT_MODEL_DIR, load
+    from .hub import DEFAULT_MODEL_DIR, WEIGHTS_NAME, checkpoint_format, load, resolve
 
-    model = load(args.model_dir, device="cpu")
+    source = resolve(args.model_dir or DEFAULT_MODEL_DIR, required=(WEIGHTS_NAME,))
+    fmt = checkpoint_format(source.path)
+    model = load(source, device="cpu")
     c = model.config
     groups = model.num_parameters_by_group()
-    print(f"model:        {args.model_dir or DEFAULT_MODEL_DIR}")
+    print(f"model:        {args.model_dir or 'the ShapesQA model shipped with fvlm'}")
+    print(f"files:        {source.describe()}")
+    print("format:       " + ("fvlm (config.json + model.safetensors)" if fmt == "fvlm" else
+                            "upstream fVLM checkpoint, rebuilt with the upstream recipe "
+                            "(save_pretrained writes the fvlm format)"))
     print(f"class:        {type(model).__name__} ({c.architecture}, {model.visual_tokens_per_frame} "
           f"visual token(s) per frame)")
+    print(f"layout:       {c.layout}")
     if c.notes:
         print(f"notes:        {c.notes}")
-    if (card := Path(args.model_dir or DEFAULT_MODEL_DIR) / "README.md").is_file():
+    if (card := source.path / "README.md").is_file():
         print(f"model card:   {card}")
     for name, n in groups.items():
         print(f"params {name + ':':<10}{n:>12,}")
@@ -121,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(g)
     g.set_defaults(func=cmd_generate)
 
-    i = sub.add_parser("info", help="print a model's config and parameter counts")
-    i.add_argument("model_dir", nargs="?", default=None, help="model directory (default: shipped model)")
+    from .resolve import MODEL_HELP
+
+    i = sub.add_parser("info", help="what a model is: format, files, architecture, parameter counts, config")
+    i.add_argument("model_dir", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP)
     i.set_defaults(func=cmd_info)
 
     from .shapesqa import generate, score

@@ -29,7 +29,7 @@ from .pretrained import (
     read_weights,
     save_pretrained,
 )
-from .resolve import Source, parse_hub_id, resolve
+from .resolve import MODEL_HELP, Source, parse_hub_id, resolve
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -51,8 +51,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
-MODEL_HELP = ("a saved model directory, or a Hugging Face hub id owner/name[@revision] such as "
-              "sanps/fVLM-135M (default: the ShapesQA model shipped with fvlm)")
 
 
 def model_class(config: FVLMConfig) -> type:

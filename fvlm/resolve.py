@@ -27,6 +27,8 @@ CONFIG_FILES = ("config.json",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "chat_template.jinja")
 MODEL_FILES = (*CONFIG_FILES, "model.safetensors", "README.md", *TOKENIZER_FILES)
+MODEL_HELP = ("a saved model directory, or a Hugging Face hub id owner/name[@revision] such as "
+              "sanps/fVLM-135M (default: the ShapesQA model shipped with fvlm)")
 HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?")
 
 

@@ -67,3 +67,54 @@ def test_shipped_default_model_answers_the_readme_command(capsys, tmp_path):
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["frames"] == 8 and len(res["heatmaps"]["pngs"]) == 8
     assert res["text"].strip().lower() == "red"
+
+
+@pytest.fixture
+def fake_hub(saved_model, monkeypatch):
+    """snapshot_download serving `owner/name` from saved_model (and nothing else); the calls it got."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    calls = []
+
+    def snapshot_download(repo_id, **kw):
+        calls.append((repo_id, kw.get("revision")))
+        if repo_id != "owner/name":
+            request = httpx2.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+            raise RepositoryNotFoundError(f"{repo_id} not found", response=httpx2.Response(404, request=request))
+        return saved_model
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_generate_and_info_take_a_hub_id(fake_hub, saved_model, capsys):
+    rc = main(["generate", str(EXAMPLE), "-p", "What color is the triangle?", "--model", "owner/name@v1",
+               "--json", "--max-new-tokens", "3", "--device", "cpu"])
+    assert rc == 0 and fake_hub == [("owner/name", "v1")]
+    by_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["generate", str(EXAMPLE), "-p", "What color is the triangle?", "--model", saved_model,
+                 "--json", "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    local = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert by_id["text"] == local["text"] and by_id["entropy"] == local["entropy"]
+
+    assert main(["info", "owner/name"]) == 0
+    out = capsys.readouterr().out
+    assert f"files:        hub repository owner/name@main, cached in {saved_model}" in out
+    assert "format:       fvlm" in out and "layout:       text_first" in out
+
+
+def test_a_missing_hub_repo_is_one_line_exit_2(fake_hub, capsys):
+    assert main(["info", "nobody/nothing"]) == 2
+    err = capsys.readouterr().err
+    assert "no hub repository nobody/nothing" in err and "Traceback" not in err
+    assert main(["generate", str(EXAMPLE), "-p", "Hi?", "--model", "nobody/nothing"]) == 2
+    assert "no hub repository nobody/nothing" in capsys.readouterr().err
+
+
+def test_info_of_the_shipped_model_says_where_it_is(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "model:        the ShapesQA model shipped with fvlm" in out
+    assert "files:        local directory" in out and "default_model" in out and "model card:" in out

@@ -214,7 +214,9 @@ def format_report(report: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", nargs="?", default=None, help="model directory (default: shipped model)")
+    from ..resolve import MODEL_HELP
+
+    p.add_argument("model_dir", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--index", required=True, help="ShapesQA index.jsonl (from `fvlm make-shapes`)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated modes to evaluate")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N records")
