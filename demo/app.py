@@ -1,6 +1,6 @@
 """The fvlm demo: watch a foveated video VLM decide where to look, frame by frame.
 
-    python -m demo [--host 127.0.0.1] [--port 7860] [--share] [--model DIR]
+    python -m demo [--host 127.0.0.1] [--port 7860] [--share] [--model MODEL ...] [--allow-any-model]
                    [--max-upload-mb 50] [--max-duration-s 300] [--frame-interval-s 0.25]
 
 Live updates: `run` is a generator over `model.stream(...)`. Each FrameEvent renders that frame's
@@ -11,6 +11,11 @@ reads them; in the other modes they all arrive after the prefill.
 
 The model is loaded on the first request (ModelCache), never at import. One request runs at a
 time (queue default_concurrency_limit=1): other users wait in the queue.
+
+Which models a web client may use is the operator's choice: the --model names given at start (saved
+directories or hub ids; the shipped model when none), offered in a dropdown. Any other name a client
+sends is refused by a string look-up (`pick_model`) before it reaches the filesystem or the hub,
+unless the operator opts in with --allow-any-model.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr
 
+from fvlm.config import FVLMConfig
 from fvlm.errors import FVLMError
-from fvlm.hub import DEFAULT_MODEL_DIR
+from fvlm.hub import DEFAULT_MODEL_DIR, MODEL_HELP, parse_hub_id
 
 from . import render
 
 EXAMPLES_DIR = DEFAULT_MODEL_DIR.parent / "examples"
+SHIPPED_MODEL = "the ShapesQA model shipped with fvlm"  # its name in the model dropdown
 MODES = ("autoregressive", "coarse_fine", "coarse_only")
 # (clip in EXAMPLES_DIR, question from its examples.jsonl, mode); shown as one-click examples
 EXAMPLES = [
@@ -58,7 +65,8 @@ MODE_HELP = (
 
 @dataclass
 class Settings:
-    model_dir: Path | None = None  # None: the model shipped with fvlm
+    models: tuple[str, ...] = ()  # what web clients may pick: directories or hub ids; (): the shipped model
+    allow_any_model: bool = False  # also let clients name any directory or hub id (trusted users only)
     device: str | None = None  # None: cuda if available, else cpu
     max_upload_mb: float = 50.0
     max_duration_s: float = 300.0
@@ -127,19 +135,20 @@ def validate_upload(path: str | os.PathLike, max_upload_mb: float, max_duration_
 
 
 class ModelCache:
-    """Models by directory, loaded on first use, the `capacity` most recently used kept. Thread-safe."""
+    """Models by name (a directory or hub id), loaded on first use, the `capacity` most recently used
+    kept. Thread-safe. It loads whatever it is given: callers pass only what pick_model returned."""
 
     def __init__(self, device: str | None = None, capacity: int = 2):
         self.device, self.capacity = device, capacity
         self._models: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __contains__(self, model_dir: Path) -> bool:
-        return str(Path(model_dir).resolve()) in self._models
+    def __contains__(self, model: str | Path) -> bool:
+        return str(model) in self._models
 
-    def get(self, model_dir: Path):
-        key = str(Path(model_dir).resolve())
-        with self._lock:  # one load at a time; a second request for the same dir waits and reuses it
+    def get(self, model: str | Path):
+        key = str(model)
+        with self._lock:  # one load at a time; a second request for the same model waits and reuses it
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
@@ -148,11 +157,11 @@ class ModelCache:
             from fvlm.hub import load
 
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = load(model_dir, device=device)
-            self._models[key] = model
+            loaded = load(model, device=device)
+            self._models[key] = loaded
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
-            return model
+            return loaded
 
 
 class RunDirs:
@@ -184,27 +193,45 @@ class RunDirs:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def resolve_model_dir(text: str | None, settings: Settings) -> Path:
-    """The model directory typed in the UI, else --model, else the shipped default."""
-    if text and text.strip():
-        return Path(text.strip()).expanduser()
-    return settings.model_dir or DEFAULT_MODEL_DIR
+def offered_models(settings: Settings) -> dict[str, str | Path]:
+    """Dropdown choice -> what it loads: the operator's --model names in order, else the shipped model."""
+    if not settings.models:
+        return {SHIPPED_MODEL: DEFAULT_MODEL_DIR}
+    return {str(m): str(m) for m in settings.models}
 
 
-def model_markdown(model_dir: Path) -> str:
-    """A short description of the model in model_dir, with its config notes (how it was trained)."""
-    from fvlm.config import FVLMConfig
+def pick_model(choice: str | None, settings: Settings) -> tuple[str, str | Path]:
+    """(name, what it loads) for a web client's model choice. A plain look-up among the offered models,
+    so a name that was not offered is refused before anything reads the filesystem or asks the hub
+    about it (unless the operator allowed any model). Empty: the first offered model."""
+    offered = offered_models(settings)
+    choice = (choice or "").strip()
+    if not choice:
+        return next(iter(offered.items()))
+    if choice in offered:
+        return choice, offered[choice]
+    if settings.allow_any_model:
+        return choice, choice
+    raise UploadError(f"this demo does not offer the model {choice[:200]!r}; pick one of the listed models")
 
-    name = "the default model shipped with fvlm" if Path(model_dir) == DEFAULT_MODEL_DIR else f"`{model_dir}`"
-    try:
-        cfg = FVLMConfig.load(model_dir)
-    except (FVLMError, OSError, ValueError) as e:
-        return f"**Model:** {name}. ⚠️ Its config could not be read: {e}"
-    text = (f"**Model:** {name} ({cfg.architecture}, {cfg.image_size}-px frames, "
-            f"up to {cfg.max_frames} frames at {cfg.fps:g} fps)")
-    if cfg.notes:
-        text += f"\n\n> **Model note:** {cfg.notes}"
+
+def model_markdown(name: str, config: FVLMConfig | None) -> str:
+    """A short description of a model for the page, with its config notes (how it was trained)."""
+    if config is None:
+        return f"**Model:** {name} (loaded on the first request)"
+    text = (f"**Model:** {name} ({config.architecture}, {config.layout}, {config.image_size}-px frames, "
+            f"up to {config.max_frames} frames at {config.fps:g} fps)")
+    if config.notes:
+        text += f"\n\n> **Model note:** {config.notes}"
     return text
+
+
+def saved_config(model: str | Path) -> FVLMConfig | None:
+    """The config of an operator-named model when it is a local fvlm directory (no download), else None."""
+    try:
+        return FVLMConfig.load(model) if Path(model).is_dir() else None
+    except (FVLMError, OSError, ValueError):
+        return None  # e.g. an upstream checkpoint: described once loaded
 
 
 OUTPUTS = ("status", "model_info", "gallery", "plot", "answer", "video", "mp4", "state")  # run()'s outputs
@@ -241,7 +268,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
     cache = ModelCache(settings.device)
     dirs = RunDirs(settings.workdir, settings.keep_runs)
 
-    def run(clip: str | None, question: str, mode: str, model_dir: str, show_coarse: bool,
+    def run(clip: str | None, question: str, mode: str, model: str, show_coarse: bool,
             temperature: float, seed: float | None, max_new_tokens: float) -> Iterator[tuple]:
         """Outputs: status, model info, gallery, entropy plot, answer, overlay video, MP4 file, state."""
         from fvlm.generation import DoneEvent, FrameEvent, TextEvent
@@ -253,21 +280,21 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             if not question or not question.strip():
                 raise UploadError("Type a question about the clip.")
             validate_upload(clip, settings.max_upload_mb, settings.max_duration_s)
-            directory = resolve_model_dir(model_dir, settings)
-            first = directory not in cache
+            name, target = pick_model(model, settings)  # before anything else touches the name
+            first = target not in cache
             loading = "loading the model (the first request takes a few seconds)" if first else "starting"
-            yield _update(status=f"Working: {loading}…", model_info=model_markdown(directory), gallery=[],
+            yield _update(status=f"Working: {loading}…", model_info=model_markdown(name, None), gallery=[],
                           plot=render.entropy_plot([]), answer="", video=None, mp4=None, state=None)
-            model = cache.get(directory)
+            vlm = cache.get(target)
             out_dir = dirs.new()
             items: list[tuple[str, str]] = []
             entropies: list[float] = []
             stamps: list[float] = []
             t0 = last = time.perf_counter()
             last_text = 0.0
-            yield _update(status=f"Working: reading frames ({mode})…")
+            yield _update(status=f"Working: reading frames ({mode})…", model_info=model_markdown(name, vlm.config))
             output = None
-            for event in model.stream(clip, question, mode=mode, max_new_tokens=int(max_new_tokens),
+            for event in vlm.stream(clip, question, mode=mode, max_new_tokens=int(max_new_tokens),
                                       temperature=float(temperature), top_p=1.0,
                                       seed=None if seed is None else int(seed)):
                 if isinstance(event, FrameEvent):
@@ -309,7 +336,8 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             if not output.text:
                 notes.append("The model's answer is empty (it ended at once or wrote only whitespace).")
             mp4_path = None if mp4 is None else str(mp4)
-            yield _update(status=" ".join(notes), gallery=list(items), answer=output.text,
+            yield _update(status=" ".join(notes), model_info=model_markdown(name, vlm.config),
+                          gallery=list(items), answer=output.text,
                           plot=render.entropy_plot(entropies, stamps), video=mp4_path, mp4=mp4_path,
                           state=state)
         except (FVLMError, UploadError) as e:  # bad input: the message says what to do
@@ -325,7 +353,8 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             return gr.skip()
         return _gallery_items(state, show_coarse, dirs.new())
 
-    default_dir = settings.model_dir or DEFAULT_MODEL_DIR
+    offered = offered_models(settings)
+    default_name, default_model = pick_model(None, settings)
     with gr.Blocks(title="fvlm: where does the model look?", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(
             "# fvlm: watch the model decide where to look\n"
@@ -333,7 +362,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             "In autoregressive mode the LLM writes the next frame's query, so each heatmap shows "
             "where the model chose to look (red = most attention)."
         )
-        model_info = gr.Markdown(model_markdown(default_dir), elem_id="model-info")
+        model_info = gr.Markdown(model_markdown(default_name, saved_config(default_model)), elem_id="model-info")
         with gr.Row():
             with gr.Column(scale=2):
                 clip = gr.File(label="Video or image", file_types=["video", "image"], height=140,
@@ -354,8 +383,10 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                 mode.render()
                 show_coarse = gr.Checkbox(True, label="Show the coarse (static-query) map beside the fine "
                                           "map (coarse_fine mode)", elem_id="show-coarse")
-                model_dir = gr.Textbox(label="Model directory", value=str(settings.model_dir or ""),
-                                       placeholder="empty: the model shipped with fvlm", elem_id="model-dir")
+                model = gr.Dropdown(list(offered), value=default_name, label="Model",
+                                    allow_custom_value=settings.allow_any_model, elem_id="model",
+                                    info="or type a model directory or hub id owner/name[@revision]"
+                                    if settings.allow_any_model else None)
                 with gr.Accordion("Sampling", open=False):
                     temperature = gr.Slider(0.0, 2.0, value=settings.temperature, step=0.05,
                                             label="Temperature (0 = greedy)", elem_id="temperature")
@@ -378,7 +409,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                     mp4 = gr.File(label="Download the overlay MP4", interactive=False, elem_id="overlay-file")
         state = gr.State(None)
 
-        inputs = [clip, question, mode, model_dir, show_coarse, temperature, seed, max_new]
+        inputs = [clip, question, mode, model, show_coarse, temperature, seed, max_new]
         outputs = [status, model_info, gallery, plot, answer, video, mp4, state]
         common = {"fn": run, "inputs": inputs, "outputs": outputs, "concurrency_id": "model"}
         ask.click(api_name="run", **common)
@@ -409,8 +440,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true",
                    help="also open a public gradio.live link (off by default)")
-    p.add_argument("--model", default=None, metavar="DIR",
-                   help="a saved fvlm model directory (default: the shipped one)")
+    p.add_argument("--model", action="append", default=None, metavar="MODEL",
+                   help=f"a model web clients may pick, repeat to offer several (the first is the default): "
+                        f"{MODEL_HELP}")
+    p.add_argument("--allow-any-model", action="store_true",
+                   help="also let web clients type ANY model directory or hub id: they can then make this "
+                        "server read any model path and download any hub repository (trusted users only)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted (default 50)")
     p.add_argument("--max-duration-s", type=float, default=300.0, help="longest video accepted (default 300)")
@@ -421,15 +456,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.model is not None and not Path(args.model).is_dir():
-        print(f"demo: --model {args.model}: no such directory", file=sys.stderr)
-        return 2
+    for name in args.model or []:
+        if not Path(name).is_dir() and parse_hub_id(name) is None:
+            print(f"demo: --model {name}: no such directory, and not a hub id owner/name[@revision]",
+                  file=sys.stderr)
+            return 2
     for name in ("max_upload_mb", "max_duration_s"):
         if not getattr(args, name) > 0:
             print(f"demo: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
             return 2
     settings = Settings(
-        model_dir=None if args.model is None else Path(args.model), device=args.device,
+        models=tuple(args.model or ()), allow_any_model=args.allow_any_model, device=args.device,
         max_upload_mb=args.max_upload_mb, max_duration_s=args.max_duration_s,
         frame_interval_s=max(0.0, args.frame_interval_s),
     )

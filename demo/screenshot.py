@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import Settings, build_demo, launch
 
-    settings = Settings(model_dir=args.model)
+    settings = Settings(models=() if args.model is None else (str(args.model),))
     demo = build_demo(settings)
     port = free_port()
     launch(demo, settings, port=port, prevent_thread_lock=True, quiet=True)

@@ -1,17 +1,19 @@
 """demo.app: input checks, lazy model cache, and gradio_client round trips against a live server."""
 
 import json
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-
 from demo import app
 from demo.screenshot import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # pandas deprecations in gradio
+_AUDIT_HOOKS = []  # audit hooks cannot be removed, so one hook calls the tests' current ones
+sys.addaudithook(lambda event, args: [hook(event, args) for hook in _AUDIT_HOOKS])
 EXAMPLES_JSONL = app.EXAMPLES_DIR / "examples.jsonl"
 CLIP = app.EXAMPLES_DIR / "shapes_easy.mp4"
 QUESTION = "What color is the triangle?"
@@ -68,9 +70,51 @@ def test_validate_upload_limits(tmp_path, video_file):
 
 
 def test_model_markdown_shows_the_notes(model_dir):
-    text = app.model_markdown(model_dir)
+    text = app.model_markdown(str(model_dir), app.saved_config(model_dir))
     assert "tiny test model for the demo" in text and str(model_dir) in text
-    assert "could not be read" in app.model_markdown(model_dir / "missing")
+    assert app.saved_config(model_dir / "missing") is None and app.saved_config("owner/name") is None
+    assert "loaded on the first request" in app.model_markdown("owner/name", None)
+
+
+def test_pick_model_offers_only_the_operators_models():
+    shipped = app.Settings()
+    assert app.pick_model(None, shipped) == (app.SHIPPED_MODEL, app.DEFAULT_MODEL_DIR)
+    assert app.pick_model(" ", shipped) == (app.SHIPPED_MODEL, app.DEFAULT_MODEL_DIR)
+    two = app.Settings(models=("runs/final", "sanps/fVLM-135M"))
+    assert app.pick_model("", two) == ("runs/final", "runs/final")
+    assert app.pick_model("sanps/fVLM-135M", two) == ("sanps/fVLM-135M", "sanps/fVLM-135M")
+    for name in ["/etc", "evil/repo", "sanps/fVLM-135M@other", str(app.DEFAULT_MODEL_DIR), app.SHIPPED_MODEL]:
+        with pytest.raises(app.UploadError, match="does not offer the model"):
+            app.pick_model(name, two)
+    opted_in = app.Settings(models=("runs/final",), allow_any_model=True)
+    assert app.pick_model("evil/repo", opted_in) == ("evil/repo", "evil/repo")
+
+
+def _dropdown(demo):
+    (dropdown,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model"]
+    return dropdown
+
+
+def test_the_dropdown_lists_the_models_named_at_start(tmp_path):
+    demo = app.build_demo(app.Settings(workdir=tmp_path))
+    assert [v for _, v in _dropdown(demo).choices] == [app.SHIPPED_MODEL]
+    demo = app.build_demo(app.Settings(models=("runs/final", "sanps/fVLM-135M@v1"), workdir=tmp_path))
+    dropdown = _dropdown(demo)
+    assert [v for _, v in dropdown.choices] == ["runs/final", "sanps/fVLM-135M@v1"]
+    assert dropdown.value == "runs/final" and dropdown.allow_custom_value is False
+    demo = app.build_demo(app.Settings(models=("runs/final",), allow_any_model=True, workdir=tmp_path))
+    assert _dropdown(demo).allow_custom_value is True
+
+
+def test_parse_args_repeated_models_and_the_opt_in():
+    args = app.parse_args(["--model", "runs/final", "--model", "sanps/fVLM-135M@v1"])
+    assert args.model == ["runs/final", "sanps/fVLM-135M@v1"] and args.allow_any_model is False
+    assert app.parse_args(["--allow-any-model"]).allow_any_model is True
+
+
+def test_main_rejects_a_model_that_is_neither_a_dir_nor_a_hub_id(tmp_path, capsys):
+    assert app.main(["--model", "a/b/c"]) == 2
+    assert "not a hub id" in capsys.readouterr().err
 
 
 def test_build_demo_does_not_load_a_model(monkeypatch, tmp_path):
@@ -131,7 +175,7 @@ def model_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    settings = app.Settings(model_dir=model_dir, device="cpu", frame_interval_s=0.0, max_new_tokens=8,
+    settings = app.Settings(models=(str(model_dir),), device="cpu", frame_interval_s=0.0, max_new_tokens=8,
                             workdir=tmp_path_factory.mktemp("demo_runs"))
     demo = app.build_demo(settings)
     port = free_port()
@@ -157,7 +201,7 @@ def _image(item: dict):
 def _ask(client, path, question=QUESTION, mode="autoregressive", **kw):
     from gradio_client import handle_file
 
-    args = {"clip": handle_file(str(path)), "question": question, "mode": mode, "model_dir": "",
+    args = {"clip": handle_file(str(path)), "question": question, "mode": mode, "model": None,
             "show_coarse": True, "temperature": 1.0, "seed": 1, "max_new_tokens": 8} | kw
     return client.predict(api_name="/run", **args)
 
@@ -187,7 +231,7 @@ def test_client_round_trip_example_clip(server, tmp_path):
 def test_client_streams_one_frame_at_a_time(client):
     from gradio_client import handle_file
 
-    job = client.submit(handle_file(str(CLIP)), QUESTION, "autoregressive", "", True, 0.0, 0, 4,
+    job = client.submit(handle_file(str(CLIP)), QUESTION, "autoregressive", None, True, 0.0, 0, 4,
                         api_name="/run")
     job.result(timeout=60)
     sizes = [len(out[2]) for out in job.outputs() if isinstance(out[2], list)]  # gr.skip() -> update dict
@@ -233,11 +277,87 @@ def test_bad_uploads_give_errors_and_the_server_keeps_serving(client, tmp_path):
 def test_concurrent_requests_are_queued(client):
     from gradio_client import handle_file
 
-    jobs = [client.submit(handle_file(str(CLIP)), QUESTION, mode, "", True, 0.0, 0, 4, api_name="/run")
+    jobs = [client.submit(handle_file(str(CLIP)), QUESTION, mode, None, True, 0.0, 0, 4, api_name="/run")
             for mode in ("autoregressive", "coarse_only", "coarse_fine")]
     for job in jobs:
         status, _, gallery, *_ = job.result(timeout=60)
         assert status.startswith("**Done:**") and len(gallery) == 8
+
+
+def test_models_that_were_not_offered_are_refused_without_touching_files_or_the_hub(client, monkeypatch, tmp_path):
+    """A web client naming a server path or a hub id the operator did not offer gets the same refusal
+    whether the path exists or not, and nothing stats, opens, loads or downloads it."""
+    import os
+
+    import huggingface_hub
+    from gradio_client.exceptions import AppError
+
+    import fvlm.hub
+
+    secret = tmp_path / "secret-model"
+    secret.mkdir()
+    (secret / "config.json").write_text("{}")
+    watched = ("secret-model", "missing-model", "evil")
+    touched = []
+    real_stat = os.stat
+
+    def stat(path, *a, **k):
+        if any(w in str(path) for w in watched):
+            touched.append(("stat", str(path)))
+        return real_stat(path, *a, **k)
+
+    def audit(event, args):
+        if event in ("open", "os.listdir", "os.scandir") and args and any(w in str(args[0]) for w in watched):
+            touched.append((event, str(args[0])))
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: touched.append(("hub", a)))
+    monkeypatch.setattr(fvlm.hub, "load", lambda *a, **k: touched.append(("load", a)))
+    _AUDIT_HOOKS.append(audit)
+    try:
+        messages = {}
+        for name in [str(secret), str(tmp_path / "missing-model"), "evil/repo", "evil/repo@main"]:
+            with pytest.raises(AppError) as e:
+                _ask(client, CLIP, model=name)
+            messages[name] = str(e.value).replace(name, "NAME")
+            assert "NAME" in messages[name]
+            assert "not in the list of choices" in messages[name] or "does not offer the model" in messages[name]
+    finally:
+        _AUDIT_HOOKS.remove(audit)
+    assert touched == []
+    assert messages[str(secret)] == messages[str(tmp_path / "missing-model")]  # existence is not told
+    monkeypatch.undo()
+    status, *_ = _ask(client, CLIP)  # still serving the offered model
+    assert status.startswith("**Done:**")
+
+
+def test_an_offered_hub_id_is_fetched_on_the_first_request(model_dir, monkeypatch, tmp_path):
+    import huggingface_hub
+    from gradio_client import Client
+
+    calls = []
+
+    def snapshot_download(repo_id, **kw):
+        calls.append((repo_id, kw.get("revision")))
+        return str(model_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    settings = app.Settings(models=("owner/name@v1", str(model_dir)), device="cpu", frame_interval_s=0.0,
+                            max_new_tokens=4, workdir=tmp_path / "runs")
+    demo = app.build_demo(settings)
+    assert calls == []  # nothing is fetched to build the page
+    port = free_port()
+    app.launch(demo, settings, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        status, info, gallery, *_ = _ask(client, CLIP)  # the first offered model is the default
+        assert status.startswith("**Done:**") and len(gallery) == 8
+        assert calls == [("owner/name", "v1")]
+        assert "owner/name@v1" in info and "tiny test model for the demo" in info
+        status, info, *_ = _ask(client, CLIP, model=str(model_dir))
+        assert status.startswith("**Done:**") and str(model_dir) in info and len(calls) == 1
+    finally:
+        demo.close()
 
 
 def test_main_reports_a_taken_port(capsys):
@@ -253,3 +373,4 @@ def test_main_reports_a_taken_port(capsys):
         assert app.main(["--port", str(port), "--frame-interval-s", "0"]) == 1
     assert f"could not serve on 127.0.0.1:{port}" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before  # main's SIGTERM handler is undone
+

@@ -44,7 +44,7 @@ def url(tmp_path_factory, tokenizer):
     from fvlm.tiny import tiny_model
 
     model_dir = tiny_model(seed=0, tokenizer=tokenizer).save_pretrained(tmp_path_factory.mktemp("model"))
-    settings = app.Settings(model_dir=model_dir, device="cpu", frame_interval_s=0.15, max_new_tokens=8,
+    settings = app.Settings(models=(str(model_dir),), device="cpu", frame_interval_s=0.15, max_new_tokens=8,
                             temperature=1.0,  # sampled: the random model then writes some text
                             workdir=tmp_path_factory.mktemp("runs"))
     demo = app.build_demo(settings)
