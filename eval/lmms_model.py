@@ -1,10 +1,11 @@
 """fvlm as an lmms-eval model: `FVLM` (simple request format) and `FVLMChat` (chat format).
 
-    python -m lmms_eval --model fvlm --model_args pretrained=DIR,mode=coarse_fine,max_frames=64 ...
+    python -m lmms_eval --model fvlm --model_args pretrained=sanps/fVLM-135M,mode=coarse_fine ...
     evaluator.simple_evaluate(model=FVLM(pretrained=DIR, mode="autoregressive"), tasks=[...], ...)
 
 Model args (`--model_args k=v,...`):
-    pretrained   a saved fvlm directory; default: the model shipped in the package (fvlm.load())
+    pretrained   a saved model directory or a hub id owner/name[@revision] (fvlm.load: fvlm's format
+                 or upstream fVLM's); default: the model shipped in the package
     mode         coarse_only | coarse_fine (default) | autoregressive
     max_frames   frame cap of the sampler (default: the checkpoint's config, 64)
     device       cpu | cuda | cuda:N (default: cuda when available)
@@ -64,7 +65,7 @@ class FVLM(FrameModel):
         if dtype not in DTYPES:
             raise InputError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
         if model is not None and pretrained is not None:
-            raise InputError("pass either pretrained= (a directory) or model= (a loaded model), not both")
+            raise InputError("pass either pretrained= (a directory or hub id) or model= (a loaded model), not both")
         self.batch_size = check_batch_size(batch_size)
         model = model if model is not None else fvlm.load(pretrained)
         self.model = model.to(pick_device(device), DTYPES[dtype]).eval()

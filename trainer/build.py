@@ -8,7 +8,9 @@ takes the tokenizer saved in its checkpoint.
 
 model.vision / model.llm: HF ids or dirs (pretrained weights), or inline config dicts with a
 model_type (random init; an inline LLM without vocab_size gets the tokenizer's size). With
-init_from, the weights come from that saved model directory instead (hub weights are not fetched);
+init_from (a saved model directory, its model.safetensors, or a hub id owner/name[@revision] such as
+the upstream release sanps/fVLM-135M), the weights come from there instead (the components' hub
+weights are not fetched);
 with model.init_parts too, only those parts (vision = the DINO encoder, llm, connector = dino_to_llm)
 are loaded, from a model of either architecture, and the rest keeps its seeded fresh init.
 """
@@ -22,8 +24,8 @@ from typing import Any
 import torch
 
 from fvlm.config import FVLMConfig
-from fvlm.errors import ConfigError
-from fvlm.hub import WEIGHTS_NAME, load_weights, model_class, read_weights
+from fvlm.errors import CheckpointError, ConfigError
+from fvlm.hub import WEIGHTS_NAME, load_weights, model_class, read_weights, resolve
 from fvlm.tokenizer import train_tokenizer
 from fvlm.vlm import VLMBase
 
@@ -77,12 +79,17 @@ def build_model(cfg: Config, tokenizer) -> VLMBase:
         **m.fvlm,
     )
     if m.init_from is not None:
-        path = Path(os.path.expandvars(m.init_from))
-        weights = path / WEIGHTS_NAME if path.is_dir() else path
+        name = os.path.expandvars(m.init_from)
+        weights = Path(name)
+        if not weights.is_file():
+            try:
+                weights = resolve(name, required=(WEIGHTS_NAME,)).path / WEIGHTS_NAME
+            except CheckpointError as e:
+                raise ConfigError(f"config key 'model.init_from': {e}") from e
         if not weights.is_file():
             raise ConfigError(
                 f"config key 'model.init_from': {weights} not found (give a saved model dir, "
-                "e.g. a previous stage's RUN/final or RUN/checkpoints/best)"
+                "e.g. a previous stage's RUN/final or RUN/checkpoints/best, or a hub id)"
             )
         if m.init_parts is None:
             load_weights(model, read_weights(weights), source=str(weights))
