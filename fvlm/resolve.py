@@ -107,6 +107,7 @@ def _download(name: str, repo_id: str, revision: str | None, files: Sequence[str
         GatedRepoError,
         HfHubHTTPError,
         HFValidationError,
+        IncompleteSnapshotError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -126,6 +127,8 @@ def _download(name: str, repo_id: str, revision: str | None, files: Sequence[str
     except RevisionNotFoundError as e:
         raise CheckpointError(f"hub repository {repo_id} has no revision {revision!r} "
                               f"(give a branch, a tag or a commit hash after @)") from e
+    except IncompleteSnapshotError as e:  # offline, some of `files` missing: resolve checks the required ones
+        return Path(e.snapshot_path)
     except LocalEntryNotFoundError as e:
         why = "HF_HUB_OFFLINE=1 is set" if offline else "the hub could not be reached"
         raise CheckpointError(

@@ -152,6 +152,23 @@ def test_offline_with_an_empty_cache_fails_fast_and_says_what_to_do(hub):
     assert str(hub.cache) in msg
 
 
+def test_an_incomplete_cached_snapshot_is_used_when_it_has_what_loading_needs(monkeypatch, make_model, tmp_path):
+    """Offline, snapshot_download calls a snapshot incomplete when a listed file (e.g. README.md) is missing."""
+    import huggingface_hub
+    from huggingface_hub.errors import IncompleteSnapshotError
+
+    local = make_model(seed=5).save_pretrained(tmp_path / "m")
+
+    def snapshot_download(repo_id, **kw):
+        raise IncompleteSnapshotError("README.md is missing", snapshot_path=str(local))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert_same_outputs(fvlm.load("tester/tiny-fvlm"), fvlm.load(local))
+    (local / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="has no model.safetensors.*cached copy is incomplete"):
+        fvlm.load("tester/tiny-fvlm")
+
+
 @pytest.mark.parametrize("name", ["./no-such-model", "/no/such/model", "a/b/c", "runs"])
 def test_names_that_are_not_hub_ids_are_missing_directories(hub, name):
     with pytest.raises(CheckpointError, match="model directory .* not found"):
