@@ -74,7 +74,13 @@ def resolve(name: str | os.PathLike | Source, files: Sequence[str] = MODEL_FILES
     """
     if isinstance(name, Source):
         return name
-    path = Path(name).expanduser()
+    if not str(name).strip():
+        raise CheckpointError("the model name is empty; give a model directory or a hub id owner/name[@revision]")
+    path = Path(name)
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # ~user that does not exist: a missing directory, reported below
+        pass
     if path.is_dir():
         return Source(path)
     if path.exists():

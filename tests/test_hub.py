@@ -169,10 +169,15 @@ def test_an_incomplete_cached_snapshot_is_used_when_it_has_what_loading_needs(mo
         fvlm.load("tester/tiny-fvlm")
 
 
-@pytest.mark.parametrize("name", ["./no-such-model", "/no/such/model", "a/b/c", "runs"])
+@pytest.mark.parametrize("name", ["./no-such-model", "/no/such/model", "a/b/c", "runs", "~x/y"])
 def test_names_that_are_not_hub_ids_are_missing_directories(hub, name):
     with pytest.raises(CheckpointError, match="model directory .* not found"):
         fvlm.load(name)
+
+
+def test_an_empty_name_is_refused_not_read_as_the_current_directory(hub):
+    with pytest.raises(CheckpointError, match="model name is empty"):
+        fvlm.load(" ")
 
 
 def test_an_existing_directory_wins_over_the_hub(hub, make_model, tmp_path, monkeypatch):
