@@ -117,7 +117,7 @@ def checkpoint_format(directory: str | os.PathLike) -> str:
             raw = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"{config_path} is not valid JSON: {e}") from e
-    if isinstance(raw, dict) and isinstance(raw.get("vision"), dict) and isinstance(raw.get("llm"), dict):
+    if isinstance(raw, dict) and all(isinstance(raw.get(k), dict) and "model_type" in raw[k] for k in ("vision", "llm")):
         return "fvlm"
     if weights.is_file() and is_upstream(tensor_shapes(weights)):
         return "upstream"

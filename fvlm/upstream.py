@@ -7,7 +7,7 @@ weights load unchanged; what the checkpoint lacks is an fvlm config. `upstream_c
 the upstream recipe:
 
 - vision: the DINOv2 whose width the weights show (384 -> facebook/dinov2-small, 768 -> dinov2-base)
-- llm: the SmolLM2-Instruct whose width they show (576 -> 135M, 960 -> 360M, 2048 -> 1.7B); its
+- llm: the SmolLM2-Instruct whose width they show (of its token embeddings or the tied lm_head) (576 -> 135M, 960 -> 360M, 2048 -> 1.7B); its
   config and tokenizer come from the hub cache (config and tokenizer files only, not its weights)
 - layout="video_first" (how upstream trained), query_dim = the width of q_static, visual_scale and
   deep_query from upstream's config.json when it has them, else upstream's defaults (0.14, true).
@@ -32,9 +32,10 @@ UPSTREAM_LLMS = {576: "HuggingFaceTB/SmolLM2-135M-Instruct", 960: "HuggingFaceTB
                  2048: "HuggingFaceTB/SmolLM2-1.7B-Instruct"}  # by LLM width
 UPSTREAM_DEFAULTS = {"visual_scale": 0.14, "deep_query": True}
 READ_FIELDS = {"query_dim": int, "visual_scale": float, "deep_query": bool}  # from upstream's config.json
-# tensors every upstream FoveatedVLM checkpoint has; the widths are read from the first three
-VISION_KEY, LLM_KEY, QUERY_KEY = "encoder.dino.embeddings.cls_token", "llm.model.embed_tokens.weight", "q_static"
-MARKERS = (VISION_KEY, LLM_KEY, QUERY_KEY, "q_init", "encoder.query_input_proj.weight", "dino_to_llm.weight")
+# tensors every upstream FoveatedVLM checkpoint has; the widths are read from these three
+VISION_KEY, QUERY_KEY = "encoder.dino.embeddings.cls_token", "q_static"
+LLM_KEYS = ("llm.model.embed_tokens.weight", "llm.lm_head.weight")  # tied: either may be the one stored
+MARKERS = (VISION_KEY, QUERY_KEY, "q_init", "encoder.query_input_proj.weight", "dino_to_llm.weight")
 
 
 def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -47,7 +48,7 @@ def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def is_upstream(shapes: dict[str, tuple[int, ...]]) -> bool:
-    return all(k in shapes for k in MARKERS)
+    return all(k in shapes for k in MARKERS) and any(k in shapes for k in LLM_KEYS)
 
 
 def read_fields(raw: Any, where: str) -> dict[str, Any]:
@@ -74,7 +75,8 @@ def upstream_config(source: Source, shapes: dict[str, tuple[int, ...]]) -> tuple
     """(the fvlm config of the upstream checkpoint in `source`, the directory to load its tokenizer from)."""
     from transformers import AutoConfig
 
-    d_vision, d_llm, query_dim = shapes[VISION_KEY][-1], shapes[LLM_KEY][-1], shapes[QUERY_KEY][-1]
+    llm_key = next(k for k in LLM_KEYS if k in shapes)
+    d_vision, d_llm, query_dim = shapes[VISION_KEY][-1], shapes[llm_key][-1], shapes[QUERY_KEY][-1]
     vision_id, llm_id = UPSTREAM_VISION.get(d_vision), UPSTREAM_LLMS.get(d_llm)
     if vision_id is None or llm_id is None:
         raise CheckpointError(

@@ -187,6 +187,24 @@ def test_an_existing_directory_wins_over_the_hub(hub, make_model, tmp_path, monk
     assert_same_outputs(fvlm.load("owner/name"), fvlm.load(local))
 
 
+def test_checkpoint_format_and_its_errors(make_model, tmp_path):
+    saved = make_model(seed=5).save_pretrained(tmp_path / "m")
+    assert checkpoint_format(saved) == "fvlm"
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps(config | {"visual_scael": 0.2}))
+    assert checkpoint_format(saved) == "fvlm"  # a broken fvlm config stays an fvlm config
+    with pytest.raises(ConfigError, match="visual_scael"):
+        fvlm.load(saved)
+    (saved / "config.json").write_text(json.dumps(config | {"vision": "facebook/dinov2-small"}))
+    assert checkpoint_format(saved) == "upstream"  # not fvlm's, and the weights have upstream's names
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="config dicts, not names"):
+        checkpoint_format(saved)
+    (saved / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="has no config.json and no model.safetensors"):
+        fvlm.load(saved)
+
+
 # ---- upstream fVLM's format --------------------------------------------------------------------
 def upstream_components(tokenizer):
     """Tiny configs as wide as fVLM-135M's parts (DINO 384, SmolLM2-135M 576), so the size rule applies."""
@@ -218,12 +236,12 @@ def upstream(hub, tokenizer, tmp_path):
     return recipe(tokenizer, seed=7)
 
 
-def upstream_state_dict(model, old_dino_names: bool, lm_head_twice: bool) -> dict[str, torch.Tensor]:
+def upstream_state_dict(model, old_dino_names: bool, tied: str = "embed") -> dict[str, torch.Tensor]:
+    """tied: which copy of the tied LLM embedding is stored: "embed", "lm_head" or "both"."""
     sd = {k: v.clone() for k, v in model.state_dict().items()}
-    if not lm_head_twice:
-        sd.pop("llm.lm_head.weight")
-    else:
-        sd["llm.lm_head.weight"] = sd["llm.model.embed_tokens.weight"].clone()
+    sd["llm.lm_head.weight"] = sd["llm.model.embed_tokens.weight"].clone()
+    if tied != "both":
+        sd.pop("llm.lm_head.weight" if tied == "embed" else "llm.model.embed_tokens.weight")
     if old_dino_names:
         renames = [("attention.q_proj.", "attention.attention.query."), ("attention.k_proj.", "attention.attention.key."),
                    ("attention.v_proj.", "attention.attention.value."), ("attention.o_proj.", "attention.output.dense.")]
@@ -233,11 +251,11 @@ def upstream_state_dict(model, old_dino_names: bool, lm_head_twice: bool) -> dic
     return sd
 
 
-@pytest.mark.parametrize("old_dino_names,lm_head_twice", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("old_dino_names,tied", [(True, "embed"), (False, "both"), (True, "lm_head")])
 def test_upstream_checkpoint_by_hub_id_equals_the_existing_recipe(upstream, hub, tmp_path, old_dino_names,
-                                                                   lm_head_twice, monkeypatch, tokenizer):
+                                                                   tied, monkeypatch, tokenizer):
     weights = tmp_path / "model.safetensors"
-    save_file(upstream_state_dict(upstream, old_dino_names, lm_head_twice), str(weights))
+    save_file(upstream_state_dict(upstream, old_dino_names, tied), str(weights))
     upstream_config = {"llm_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "dino_name": "facebook/dinov2-small",
                        "query_dim": 384, "visual_scale": 0.14, "deep_query": True, "architectures": ["fVLM"]}
     hub.publish(UPSTREAM_ID, {"model.safetensors": weights, "config.json": json.dumps(upstream_config),
@@ -270,7 +288,7 @@ def test_upstream_checkpoint_by_hub_id_equals_the_existing_recipe(upstream, hub,
 def test_upstream_weights_only_and_config_fields(upstream, hub, tmp_path):
     """No config.json at all (upstream defaults), and a config whose visual_scale is read."""
     weights = tmp_path / "model.safetensors"
-    save_file(upstream_state_dict(upstream, True, False), str(weights))
+    save_file(upstream_state_dict(upstream, True), str(weights))
     hub.publish(UPSTREAM_ID, {"model.safetensors": weights})
     assert fvlm.load(UPSTREAM_ID).config.visual_scale == 0.14
     hub.publish(UPSTREAM_ID, {"model.safetensors": weights,
@@ -286,7 +304,7 @@ def test_upstream_weights_only_and_config_fields(upstream, hub, tmp_path):
 
 def test_upstream_of_an_unknown_size_is_refused(hub, make_model, tmp_path):
     weights = tmp_path / "model.safetensors"
-    save_file(upstream_state_dict(make_model(seed=3, layout="video_first"), False, False), str(weights))
+    save_file(upstream_state_dict(make_model(seed=3, layout="video_first"), False), str(weights))
     hub.publish("tester/odd-upstream", {"model.safetensors": weights})
     with pytest.raises(CheckpointError, match="DINO width 32 and LLM width 32.*knows DINO widths"):
         fvlm.load("tester/odd-upstream")
@@ -295,7 +313,7 @@ def test_upstream_of_an_unknown_size_is_refused(hub, make_model, tmp_path):
 def test_upstream_needs_its_components_in_the_cache_when_offline(hub, upstream, tmp_path):
     shutil.rmtree(hub.cache / "models--facebook--dinov2-small")
     weights = tmp_path / "model.safetensors"
-    save_file(upstream_state_dict(upstream, True, False), str(weights))
+    save_file(upstream_state_dict(upstream, True), str(weights))
     hub.publish(UPSTREAM_ID, {"model.safetensors": weights})
     with pytest.raises(CheckpointError, match="facebook/dinov2-small is not in the hub cache"):
         fvlm.load(UPSTREAM_ID)
@@ -305,7 +323,7 @@ def test_multi_token_from_pretrained_refuses_an_upstream_checkpoint(upstream, hu
     from fvlm.baseline import MultiTokenVLM
 
     weights = tmp_path / "model.safetensors"
-    save_file(upstream_state_dict(upstream, False, False), str(weights))
+    save_file(upstream_state_dict(upstream, False), str(weights))
     hub.publish(UPSTREAM_ID, {"model.safetensors": weights})
     with pytest.raises(ConfigError, match="foveated model, not a MultiTokenVLM"):
         MultiTokenVLM.from_pretrained(UPSTREAM_ID)
