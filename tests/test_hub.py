@@ -327,3 +327,17 @@ def test_multi_token_from_pretrained_refuses_an_upstream_checkpoint(upstream, hu
     hub.publish(UPSTREAM_ID, {"model.safetensors": weights})
     with pytest.raises(ConfigError, match="foveated model, not a MultiTokenVLM"):
         MultiTokenVLM.from_pretrained(UPSTREAM_ID)
+
+
+def test_info_says_an_upstream_checkpoint_is_one(upstream, hub, tmp_path, capsys):
+    from fvlm.cli import main
+
+    weights = tmp_path / "model.safetensors"
+    save_file(upstream_state_dict(upstream, True), str(weights))
+    commit = hub.publish(UPSTREAM_ID, {"model.safetensors": weights, "README.md": "# fVLM-135M"})
+    assert main(["info", UPSTREAM_ID]) == 0
+    out = capsys.readouterr().out
+    assert f"files:        hub repository {UPSTREAM_ID}@main, cached in " in out and commit in out
+    assert "format:       upstream fVLM checkpoint" in out and "layout:       video_first" in out
+    assert "notes:        upstream fVLM checkpoint" in out and "HuggingFaceTB/SmolLM2-135M-Instruct" in out
+    assert "model card:" in out and "params total:" in out
