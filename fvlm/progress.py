@@ -1,8 +1,8 @@
 """Progress of a long run that a person can read in a terminal and in a log file alike.
 
-    from fvlm.progress import Progress, progress
+    from fvlm.progress import Progress, track
 
-    for clip in progress(clips, "eval coarse_fine"):       # total taken from len(clips)
+    for clip in track(clips, "eval coarse_fine"):          # total taken from len(clips)
         ...
     with Progress(total=steps, desc="train", initial=step) as bar:
         bar.update(1)
@@ -129,7 +129,7 @@ class Progress:
         self.close()
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, **kwargs) -> Iterator[T]:
+def track(items: Iterable[T], desc: str, total: int | None = None, **kwargs) -> Iterator[T]:
     """Yield the items, reporting as Progress does; total defaults to len(items) where it has one."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]

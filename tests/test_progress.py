@@ -2,7 +2,7 @@
 
 import io
 
-from fvlm.progress import Progress, format_seconds, progress
+from fvlm.progress import Progress, format_seconds, track
 
 
 class FakeClock:
@@ -21,7 +21,7 @@ def test_format_seconds():
 
 def test_log_gets_a_few_lines_not_one_per_update():
     log = io.StringIO()
-    assert list(progress(range(5000), "eval coarse_fine", stream=log)) == list(range(5000))
+    assert list(track(range(5000), "eval coarse_fine", stream=log)) == list(range(5000))
     lines = log.getvalue().splitlines()
     assert 2 <= len(lines) <= 12, lines
     assert "\r" not in log.getvalue()
@@ -79,5 +79,16 @@ def test_disabled_and_unknown_total():
         bar.update(5)
         bar.write("hidden")
     assert log.getvalue() == ""
-    list(progress(iter(range(7)), "stream", stream=log))
+    list(track(iter(range(7)), "stream", stream=log))
     assert log.getvalue().splitlines()[-1].startswith("stream  7 |")
+
+
+def test_make_shapes_log_is_a_few_lines(tmp_path, capsys):
+    """`fvlm make-shapes ... 2> log`: per subset a start and an end line, not a line per clip."""
+    from fvlm.shapesqa import generate
+
+    assert generate.main([str(tmp_path), "--n", "24", "--eval-n", "2", "--no-videos", "--split", "easy"]) == 0
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("make-shapes")]
+    assert "\r" not in err and 6 <= len(lines) < 24, lines
+    assert any("24/24 clips 100%" in x for x in lines)
