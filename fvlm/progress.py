@@ -55,6 +55,7 @@ class Progress:
         self.done = self.start_done = initial
         self.start = self.last_print = time.monotonic()
         self.printed_tenth = self._tenth()
+        self.printed_done: int | None = None  # done as of the last status line, None after a message
         self.closed = False
         if not disable and not self.tty:
             self._emit(self.line())
@@ -87,6 +88,7 @@ class Progress:
             self.stream.write(text + "\n")
         self.stream.flush()
         self.last_print = time.monotonic()
+        self.printed_done = self.done
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -111,12 +113,13 @@ class Progress:
         else:
             self.stream.write(text + "\n")
             self.stream.flush()
+            self.printed_done = None
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if not self.disable:
+        if not self.disable and (self.tty or self.printed_done != self.done):  # no repeated last line
             self._emit(self.line())
             if self.tty:
                 self.stream.write("\n")

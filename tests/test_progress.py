@@ -63,6 +63,18 @@ def test_tenths_need_a_gap(monkeypatch):
     assert len(log.getvalue().splitlines()) == 1 + 2 + 1  # start, at 2 s and 4 s, end
 
 
+def test_the_last_line_is_not_repeated(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr("fvlm.progress.time.monotonic", clock)
+    log = io.StringIO()
+    with Progress(2, "two", stream=log) as bar:
+        for _ in range(2):
+            clock.now += 5
+            bar.update(1)
+    assert [x.split(" |")[0] for x in log.getvalue().splitlines()] == ["two  0/2   0%", "two  1/2  50%",
+                                                                        "two  2/2 100%"]
+
+
 def test_terminal_redraws_one_line():
     term = io.StringIO()
     with Progress(3, "make-shapes", stream=term, tty=True) as bar:
