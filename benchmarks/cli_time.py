@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from fvlm.progress import Progress
+from fvlm.progress import Progress, say
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fvlm" / "assets" / "examples" / "shapes_easy.mp4"
 PROMPT = "What color is the triangle?"
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     runs = args.repeat * (1 + len(PROBES)) + 1
+    say(f"cli_time: {runs} fresh processes, `fvlm generate` {args.repeat}x first")
     bar = Progress(runs, "cli_time", unit="processes")
-    bar.write(f"cli_time: {runs} fresh processes, `fvlm generate` {args.repeat}x first")
     result: dict[str, object] = {"machine": machine("cpu"), "repeat": args.repeat,
                                  "command": "fvlm generate " + " ".join(GENERATE[3:])}
     result["generate"] = median_of(GENERATE, args.repeat, bar)

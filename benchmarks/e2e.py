@@ -345,6 +345,7 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
     with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if not cuda:
+            say("e2e: timing one call of each model at 1 and 4 frames to estimate the run ...")
             eta = estimate_s(s, frames, device, dtype, ctx, (smol, b1, fv), fvlm_paths)
             say(f"e2e: this run will take roughly {format_seconds(eta)} (h:mm:ss; each model timed at 1 "
                 "and 4 frames, scaled to the frames and calls of every row)")
