@@ -50,7 +50,8 @@ def test_e2e_smoke(tmp_path):
 
 
 def test_train_step_smoke(tmp_path):
-    result, _, stderr = run_module("benchmarks.train_step", "--smoke", "--device", "cpu", "--out", str(tmp_path))
+    result, _, stderr = run_module("benchmarks.train_step", "--smoke", "--device", "cpu", "--out",
+                                   str(tmp_path))
     assert "train_step: coarse_fine (1/2)" in stderr and "train_step: b1 (2/2)" in stderr
     assert result["benchmark"] == "train_step" and result["standins"]
     assert [r["model"] for r in result["rows"]] == ["fVLM coarse_fine", "B1 (16 tokens/frame)"]
@@ -77,3 +78,16 @@ import time:     50000 |      50000 | json
     assert summary["total_s"] == 3.15 and summary["chains"]["scipy"] == []
     assert summary["self_s_by_package"] == {"torch.distributed": 2.0, "sympy": 1.0,
                                             "transformers.activations": 0.1, "json": 0.05}
+
+
+def test_loader_smoke(tmp_path):
+    """benchmarks.loader: samples/s of the trainer's decoder + batcher alone, on make-shapes shards."""
+    from fvlm.shapesqa import generate
+
+    assert generate.main([str(tmp_path), "--n", "6", "--eval-n", "1", "--no-videos", "--split", "easy"]) == 0
+    result, _, stderr = run_module("benchmarks.loader", str(tmp_path / "train" / "*.tar"), "--workers", "0",
+                                   "--batch", "2", "--batches", "2", "--image-size", "56")
+    assert result["benchmark"] == "loader" and result["image_size"] == 56
+    [row] = result["rows"]
+    assert row["workers"] == 0 and row["batches"] == 2 and row["samples"] == 4 and row["samples_s"] > 0
+    assert "loader: 0 workers  2/2 batches 100%" in stderr
