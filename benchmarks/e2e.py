@@ -506,7 +506,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", default="8,16,32,64", help="comma-separated frame counts")
     parser.add_argument("--out", type=Path, help="write e2e.md, e2e.json and e2e.png into this folder")
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins: checks that it runs")
-    parser.add_argument("--full", action="store_true", help="full-size models on CPU too (slow)")
+    parser.add_argument("--full", action="store_true",
+                        help="full-size models on CPU too (hours; the run prints an estimate first)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip the torch.compile variant (on by default on CUDA, off on CPU)")
     parser.add_argument("--decode-tokens", type=int, default=None, help="tokens per decode timing")
