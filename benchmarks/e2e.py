@@ -37,6 +37,7 @@ import inspect
 import itertools
 import json
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -374,7 +375,7 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
                     failed.add(path)
                     row = {"frames": T, "method": name, "error": f"{type(e).__name__}: {e}"[:2000]}
                 rows.append(row)
-                bar.write(json.dumps(row))
+                bar.write(json.dumps(row), sys.stdout)
                 bar.update(1)
             if T == frames[0]:  # fast vs eager on the same inputs
                 for mode in ("coarse_fine", "autoregressive"):

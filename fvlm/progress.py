@@ -1,12 +1,13 @@
 """Progress of a long run that a person can read in a terminal and in a log file alike.
 
+    import sys
     from fvlm.progress import Progress, track
 
     for clip in track(clips, "eval coarse_fine"):          # total taken from len(clips)
         ...
     with Progress(total=steps, desc="train", initial=step) as bar:
         bar.update(1)
-        bar.write("step 100: loss 2.31")                     # a line of its own, kept in the log
+        bar.write("step 100: loss 2.31", sys.stdout)         # a line of its own (default: the bar's stream)
 
 On a terminal (the stream is a TTY) one line is redrawn in place, at most 10 times a second:
 
@@ -103,16 +104,19 @@ class Progress:
             self.printed_tenth = self._tenth()
             self._emit(self.line())
 
-    def write(self, text: str) -> None:
-        """A message on a line of its own (above the bar on a terminal)."""
+    def write(self, text: str, stream: IO[str] | None = None) -> None:
+        """A message on a line of its own, on `stream` (default: the bar's), above the bar on a terminal."""
         if self.disable:
             return
+        out = self.stream if stream is None else stream
         if self.tty:
-            self.stream.write("\r\033[K" + text + "\n")
-            self._emit(self.line())
-        else:
-            self.stream.write(text + "\n")
+            self.stream.write("\r\033[K")  # clear the bar, print, redraw it below
             self.stream.flush()
+        out.write(text + "\n")
+        out.flush()
+        if self.tty:
+            self._emit(self.line())
+        elif out is self.stream:
             self.printed_done = None
 
     def close(self) -> None:

@@ -85,6 +85,22 @@ def test_terminal_redraws_one_line():
     assert "[####################]" in text and "3/3" in text
 
 
+def test_messages_go_to_their_own_stream():
+    """Like tqdm.write: the trainer's metric lines on stdout, the bar on stderr, neither garbled."""
+    bar_stream, out = io.StringIO(), io.StringIO()
+    with Progress(2, "train", stream=bar_stream, tty=True) as bar:
+        bar.update(1)
+        bar.write("step 1: loss 2.3", out)
+        bar.update(1)
+    assert out.getvalue() == "step 1: loss 2.3\n"
+    assert "step" not in bar_stream.getvalue() and "2/2" in bar_stream.getvalue()
+    log, out = io.StringIO(), io.StringIO()
+    with Progress(2, "train", stream=log) as bar:
+        bar.write("step 1: loss 2.3", out)
+        bar.update(2)
+    assert out.getvalue() == "step 1: loss 2.3\n" and "2/2" in log.getvalue().splitlines()[-1]
+
+
 def test_disabled_and_unknown_total():
     log = io.StringIO()
     with Progress(5, "quiet", stream=log, disable=True) as bar:

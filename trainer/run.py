@@ -381,7 +381,7 @@ class Trainer:
         }
         if dist.main:
             self.logger.log("train", st.step, m)
-            bar.write(line(st.step, self.total_steps, m))
+            bar.write(line(st.step, self.total_steps, m), sys.stdout)
         if not math.isfinite(m["loss"]):
             raise FloatingPointError(f"loss is {m['loss']} at step {st.step}")
         return m
