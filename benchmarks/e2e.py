@@ -37,6 +37,7 @@ import inspect
 import itertools
 import json
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ import torch
 from fvlm.batch import Batch
 from fvlm.encoder import PatchCache
 from fvlm.engine import DECODE_ROOM, Engine, Graph
+from fvlm.progress import Progress, format_seconds, say
 
 from .common import (
     allocated_mib,
@@ -339,8 +341,16 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
     ctx = {"device": device, "fvlm": fv, "decode_tokens": decode_tokens, "engines": engines,
            "warmup": 3 if cuda else 1, "repeat": 10 if cuda else 3}
     rows, checks, failed = [], {}, set()
+    fvlm_paths = [(mode, path) for mode in ("coarse_fine", "autoregressive") for path in paths
+                  if path != "compile" or mode == "autoregressive"]  # compile serves the steps only
     with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        if not cuda:
+            say("e2e: timing one call of each model at 1 and 4 frames to estimate the run ...")
+            eta = estimate_s(s, frames, device, dtype, ctx, (smol, b1, fv), fvlm_paths)
+            say(f"e2e: this run will take roughly {format_seconds(eta)} (h:mm:ss; each model timed at 1 "
+                "and 4 frames, scaled to the frames and calls of every row)")
+        bar = Progress(len(frames) * (2 + len(fvlm_paths)), f"e2e ({shapes} shapes)", unit="rows")
         for T in frames:
             batch = ctx["batch"] = fvlm_batch(s, T, device, dtype, g)
             inputs = ctx["inputs"] = smolvlm_inputs(s, T, device, dtype, g)
@@ -351,11 +361,12 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
             methods += [(f"fVLM {mode} {label[path]}",
                          lambda mode=mode, path=path, batch=batch: fvlm_ttft(fv, batch, mode, engines[path]), fv,
                          path, 1)
-                        for mode in ("coarse_fine", "autoregressive") for path in paths
-                        if path != "compile" or mode == "autoregressive"]  # compile serves the steps only
+                        for mode, path in fvlm_paths]
             for name, fn, model, path, per_frame in methods:
                 if path in failed:
+                    bar.update(1)
                     continue
+                bar.write(f"e2e: {T} frames, {name} ...")
                 try:
                     row = measure(name, fn, model, path, per_frame, T, ctx)
                 except Exception as e:  # torch.compile is optional: report its failure, measure the rest
@@ -364,7 +375,8 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
                     failed.add(path)
                     row = {"frames": T, "method": name, "error": f"{type(e).__name__}: {e}"[:2000]}
                 rows.append(row)
-                print(json.dumps(row), flush=True)
+                bar.write(json.dumps(row), sys.stdout)
+                bar.update(1)
             if T == frames[0]:  # fast vs eager on the same inputs
                 for mode in ("coarse_fine", "autoregressive"):
                     ref = fvlm_ttft(fv, batch, mode, None).logits
@@ -373,6 +385,8 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
                             checks[f"{mode} {label[path]} vs eager"] = agreement(
                                 fvlm_ttft(fv, batch, mode, engines[path]).logits, ref)
             release(engines)
+        bar.close()
+        say("e2e: the frame step's parts (query path, LLM token), eager and engine ...")
         parts = step_parts(fv, batch, device, {label[p].split()[0]: engines[p] for p in paths if p not in failed},
                            ctx["repeat"])
         release(engines)
@@ -383,6 +397,29 @@ def run(device: str, frames: list[int], shapes: str, compile_: bool, decode_toke
         "weights_MiB": weights, "frames": frames, "rows": rows, "step_parts_ms": parts,
         "fast_vs_eager": checks, "warnings": notes, "ratios": ratios(rows, max(frames)), "targets": TARGETS,
     }
+
+
+def estimate_s(s: Shapes, frames: list[int], device: str, dtype: torch.dtype, ctx: dict, models: tuple,
+               fvlm_paths: list[tuple[str, str]]) -> float:
+    """Seconds the run will take, roughly: each model's call (eager) timed at 1 and 4 frames, a line
+    through the two (fixed cost + cost per frame), times the calls each row makes (warm-up,
+    repeats, memory; + 2 prefills for decoding, + 4 for the autoregressive step and decoding)."""
+    smol, b1, fv = models
+    g = torch.Generator().manual_seed(1)
+
+    def seconds(T: int) -> torch.Tensor:  # [4] one call of SmolVLM, B1, fVLM coarse_fine, autoregressive
+        batch, inputs = fvlm_batch(s, T, device, dtype, g), smolvlm_inputs(s, T, device, dtype, g)
+        return torch.tensor([time_ms(fn, device, 1, 1) / 1e3 for fn in (
+            lambda: smolvlm_ttft(smol, inputs), lambda: b1.prefill(batch, "coarse_only", False),
+            lambda: fvlm_ttft(fv, batch, "coarse_fine", None),
+            lambda: fvlm_ttft(fv, batch, "autoregressive", None))])
+
+    at1, at4 = seconds(1), seconds(4)
+    per_frame = ((at4 - at1) / 3).clamp(min=0)
+    n = ctx["warmup"] + ctx["repeat"] + 1
+    rows = [sum(mode == m for mode, _ in fvlm_paths) for m in ("coarse_fine", "autoregressive")]
+    calls = torch.tensor([n + 2.0, n, n * rows[0], (n + 4) * rows[1]])
+    return float(sum((calls * (at1 + per_frame * (T - 1))).sum() for T in frames))
 
 
 def release(engines: dict[str, Engine | None]) -> None:
@@ -470,7 +507,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", default="8,16,32,64", help="comma-separated frame counts")
     parser.add_argument("--out", type=Path, help="write e2e.md, e2e.json and e2e.png into this folder")
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins: checks that it runs")
-    parser.add_argument("--full", action="store_true", help="full-size models on CPU too (slow)")
+    parser.add_argument("--full", action="store_true",
+                        help="full-size models on CPU too (hours; the run prints an estimate first)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip the torch.compile variant (on by default on CUDA, off on CPU)")
     parser.add_argument("--decode-tokens", type=int, default=None, help="tokens per decode timing")
@@ -482,6 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     decode_tokens = args.decode_tokens or {"full": 32, "cpu": 16, "smoke": 4}[shapes]
     compile_ = args.compile and args.device == "cuda"
     setup(args.device)
+    say(f"e2e: building the {SHAPES[shapes].label} models on {args.device}; frames {frames}")
     result = run(args.device, frames, shapes, compile_, decode_tokens)
     text = table(result)
     print(text)

@@ -26,6 +26,8 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as Fn
 
+from fvlm.progress import Progress
+
 SHAPE = dict(H=6, N=257, d=64)  # DINOv2-S at 224 px
 SMOKE_SHAPE = dict(H=2, N=7, d=16)
 
@@ -99,12 +101,14 @@ def run(frames: list[int], H: int, N: int, d: int, dtype: torch.dtype, device: s
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20) if cuda else 1 << 20
     elt = torch.finfo(dtype).bits // 8
     rows = []
+    bar = Progress(len(frames) * len(methods()), "kernels: query attention", unit="timings")
     for F in frames:
         qhd, kv = F * H * d, F * N * H * d  # elements of q (= out, dout, dq) and of k (= v, dk, dv)
         set_bytes = (F * N * 3 * H * d + 2 * kv + 3 * qhd) * elt
         n_sets = min(256, max(2, math.ceil(3 * l2 / set_bytes)))  # together well over the L2 size
         sets = [make_inputs(F, H, N, d, dtype, device) for _ in range(n_sets)]
         for name, (forward, probs, contiguous) in methods().items():
+            bar.write(f"kernels: F={F} frames, {name}, fwd and fwd+bwd ...")
             fwd_bytes = (2 * qhd + 2 * kv + (F * H * N if probs else 0)) * elt
             bwd_bytes = (5 * qhd + 4 * kv) * elt  # read q, out, dout, k, v; write dq, dk, dv
             cycle = itertools.cycle(sets)
@@ -123,7 +127,9 @@ def run(frames: list[int], H: int, N: int, d: int, dtype: torch.dtype, device: s
                 gbps = nbytes / us * 1e-3
                 rows.append({"F": F, "method": name, "pass": pass_, "us": round(us, 2), "bytes": nbytes,
                              "GBps": round(gbps, 1), "frac_copy_bw": round(gbps * 1e9 / copy_bw, 3)})
+            bar.update(1)
         del sets
+    bar.close()
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     return {
         "device": torch.cuda.get_device_name() if cuda else f"cpu (Triton interpreter: {interpreted})",

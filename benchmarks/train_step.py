@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from fvlm.batch import Batch
+from fvlm.progress import say
 
 from .common import machine, markdown_table, memory_mib, setup, time_ms, write_outputs
 from .e2e import SHAPES, build_fvlm
@@ -110,7 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(0)
     batch = train_batch(frames, B, text, SHAPES[shapes].dino["image_size"], args.device, g)
     rows = []
-    for name in args.modes.split(","):
+    modes = args.modes.split(",")
+    for i, name in enumerate(modes):
+        say(f"train_step: {name} ({i + 1}/{len(modes)}), {shapes} shapes, {B} clips x {frames} frames, "
+            f"{steps} timed steps{' (torch.compile first)' if args.compile else ''} ...")
         rows.append(measure(name, shapes, batch, args.device, args.compile, steps))
         if cuda:
             torch.cuda.empty_cache()  # (the model and optimizer of the last row are gone)

@@ -19,6 +19,10 @@ from .config import MODES
 from .errors import FVLMError
 
 COMMANDS_GROUP = "fvlm.commands"  # entry points of app commands: `fvlm demo` -> fvlm_demo.app:main
+SHAPES_COMMANDS = {  # fvlm.shapesqa.generate and .score: their add_arguments and run
+    "make-shapes": "generate ShapesQA clips, shards and an index",
+    "eval-shapes": "ShapesQA accuracy per question type and gaze metrics",
+}
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -105,7 +109,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; given the command that runs, the ShapesQA ones other than it
+    are listed without their arguments, so that `fvlm generate` does not import their modules."""
     parser = argparse.ArgumentParser(
         prog="fvlm",
         description="Foveated video VLM: one visual token per frame; the LLM chooses where to look.",
@@ -135,17 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model_dir", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP)
     i.set_defaults(func=cmd_info)
 
-    from .shapesqa import generate, score
+    for name, help_text in SHAPES_COMMANDS.items():
+        s = sub.add_parser(name, help=help_text)
+        if command in (None, name):  # their modules import cv2 and torch: only when one runs
+            from .shapesqa import generate, score
 
-    s = sub.add_parser("make-shapes", help="generate ShapesQA clips, shards and an index",
-                       description=(generate.__doc__ or "").strip().split("\n\n")[0])
-    generate.add_arguments(s)
-    s.set_defaults(func=generate.run)
-
-    e = sub.add_parser("eval-shapes", help="ShapesQA accuracy per question type and gaze metrics",
-                       description=(score.__doc__ or "").strip().split("\n\n")[0])
-    score.add_arguments(e)
-    e.set_defaults(func=score.run)
+            shapes = generate if name == "make-shapes" else score
+            s.description = (shapes.__doc__ or "").strip().split("\n\n")[0]
+            shapes.add_arguments(s)
+            s.set_defaults(func=shapes.run)
     d = sub.add_parser("demo", add_help=False,
                        help="the gradio demo with live heatmaps (pip install 'fvlm[demo]')",
                        description="Pass-through to the demo's own command line; see `fvlm demo --help`.")
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo"]:
         return run_command("demo", argv[1:])
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from fvlm.errors import ConfigError, FVLMError
+from fvlm.progress import Progress
 from fvlm.vlm import param_group
 
 from . import checkpoint as ckpt
@@ -295,8 +295,7 @@ class Trainer:
         trainable = [p for p in self.module.parameters() if p.requires_grad]
         batches = iter(self._train_loader())
         self.clock = (time.time(), st.samples, st.wall_time)  # start time, samples and earlier wall time
-        bar = tqdm(total=self.total_steps, initial=st.step, disable=not dist.main, desc=cfg.run.name,
-                   dynamic_ncols=True)
+        bar = Progress(self.total_steps, cfg.run.name, initial=st.step, unit="steps", disable=not dist.main)
         last_train: dict[str, Any] = {}
         last_eval: dict[str, Any] = {}
         while st.step < self.total_steps:
@@ -382,7 +381,7 @@ class Trainer:
         }
         if dist.main:
             self.logger.log("train", st.step, m)
-            bar.write(line(st.step, self.total_steps, m))
+            bar.write(line(st.step, self.total_steps, m), sys.stdout)
         if not math.isfinite(m["loss"]):
             raise FloatingPointError(f"loss is {m['loss']} at step {st.step}")
         return m

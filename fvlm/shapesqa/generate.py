@@ -44,9 +44,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import ConfigError
+from ..progress import track
 from ..video import sample_indices  # the model's own sampler: shard frames == eval frames
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -509,8 +509,8 @@ def make_shapes(out_dir: str | Path, n: int, seed: int, split: str = "mix", subs
             results = pool.imap(partial(_make_clip, job), range(n), chunksize=8)
         else:
             results = (_make_clip(job, i) for i in range(n))
-        for i, (cands, gt, jpgs, full) in enumerate(tqdm(results, total=n, desc=f"shapes/{subset}",
-                                                         disable=not progress)):
+        for i, (cands, gt, jpgs, full) in enumerate(track(results, f"make-shapes {subset}/{split}", total=n,
+                                                          unit="clips", disable=not progress)):
             rng = np.random.default_rng([seed, SUBSETS.index(subset), SPLITS.index(split), i, 1])
             for k, q in enumerate(pick_questions(cands, rng, per_clip, qtypes, used[gt["difficulty"]])):
                 target = q["targets"][0] if q["qtype"] not in ("caption", "count") else None

@@ -26,17 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..config import MODES
 from ..errors import InputError
+from ..progress import Progress
 
 UNSCORED = {"caption"}
 
@@ -136,12 +135,12 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
         conc: dict[str, list[float]] = defaultdict(list)  # target density, every frame
         mass: dict[str, list[float]] = defaultdict(list)  # attention mass inside the target's box
         pair: dict[str, list[tuple[float, float]]] = defaultdict(list)  # (target, others) density
-        bar = tqdm(range(0, len(records), batch_size), desc=f"eval {mode}", disable=not progress,
-                   file=sys.stderr)
-        for start in bar:
+        bar = Progress(len(records), f"eval-shapes {mode}", unit="questions", disable=not progress)
+        for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
             outs = model.generate([r["video"] for r in chunk], [r["question"] for r in chunk],
                                   mode=mode, max_new_tokens=24)
+            bar.update(len(chunk))
             for r, out in zip(chunk, outs):
                 if r["qtype"] not in UNSCORED:
                     ok = normalize(out.text) == normalize(r["answer"])
@@ -169,6 +168,7 @@ def evaluate(model, records: list[dict], modes=MODES, batch_size: int = 8, progr
                             mass[name].append(d_tgt * area)
                         if d_oth is not None:
                             pair[name].append((d_tgt, d_oth))
+        bar.close()
         scored = [x for q, v in correct.items() if "/" not in q for x in v]
         by_split = defaultdict(list)
         for q, v in correct.items():
