@@ -1,6 +1,7 @@
 """Video and image loading: decode, sample frames, preprocess for the vision encoder.
 
     load_video(path)  -> Clip      frames [T, H, W, 3] uint8 RGB + timestamps [T] seconds
+                                   (an animated GIF/WebP/APNG is a video, with its own frame times)
     to_clip(anything) -> Clip      path, array/tensor, list of PIL images, or a Clip
     preprocess(frames, S)          [T, H, W, 3] uint8 -> [T, 3, S, S] float32, ImageNet-normalised
 
@@ -192,21 +193,49 @@ def _decode_frames(path: Path, fps: float, max_frames: int, max_side: int | None
     return Clip(frames=frames, timestamps=idx / native_fps, source=str(path))
 
 
-def _load_image(path: Path, image_frames: int, max_side: int | None) -> Clip:
+def _load_image(path: Path, fps: float, max_frames: int, image_frames: int, max_side: int | None) -> Clip:
+    """A still image -> a clip of image_frames copies; an animated one (GIF, WebP, APNG) -> a video."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            if getattr(img, "n_frames", 1) > 1:
+                return _load_animated(path, img, fps, max_frames, max_side)
             if max_side is not None:
                 img.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale, cheaply
-            img = ImageOps.exif_transpose(img).convert("RGB")  # first frame of a GIF; alpha dropped
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as e:
+            img = ImageOps.exif_transpose(img).convert("RGB")  # alpha dropped
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, EOFError) as e:
         raise VideoDecodeError(
             f"{path.name}: not a readable image ({e}); check the file or convert it to PNG/JPEG"
         ) from e
     frame = np.asarray(img)  # [H, W, 3]
     frame = _resize(frame, _reduced_size(frame.shape[1], frame.shape[0], max_side))
     return _image_clip(frame, image_frames, str(path))
+
+
+def _load_animated(path: Path, img, fps: float, max_frames: int, max_side: int | None) -> Clip:
+    """An animated image, open in PIL -> a video clip with the real frame times.
+
+    Frame durations vary (encoders merge repeated frames into one longer frame), so the clip is
+    sampled like a constant-rate video whose frame time is the durations' greatest common divisor:
+    a GIF/WebP made from an mp4 samples the same moments as the mp4. Each sample shows the frame
+    on screen at its time. A duration that is missing or <= 10 ms counts as 100 ms (as browsers do).
+    """
+    durations_ms = []
+    for i in range(img.n_frames):  # seeking decodes; frames are kept only in the second pass
+        img.seek(i)
+        img.load()  # WebP sets the duration on load
+        d = int(img.info.get("duration") or 0)
+        durations_ms.append(d if d > 10 else 100)
+    step = math.gcd(*durations_ms)  # ms per frame of the constant-rate timeline
+    starts = np.concatenate([[0], np.cumsum(durations_ms[:-1])]) // step  # [n] in steps
+    ticks = sample_indices(sum(durations_ms) // step, 1000.0 / step, fps, max_frames)  # [T] in steps
+    frames = []
+    for i in np.searchsorted(starts, ticks, side="right") - 1:  # the frame on screen at each tick
+        img.seek(int(i))
+        frame = np.asarray(img.convert("RGB"))  # [H, W, 3], composed (disposal applied)
+        frames.append(_resize(frame, _reduced_size(frame.shape[1], frame.shape[0], max_side)))
+    return Clip(frames=np.stack(frames), timestamps=ticks * step / 1000.0, source=str(path))
 
 
 def _image_clip(frame: np.ndarray, image_frames: int, source: str) -> Clip:
@@ -227,7 +256,8 @@ def load_video(
 ) -> Clip:
     """Load a video (sampled per `sample_indices`) or an image (replicated to `image_frames`).
 
-    Images are recognised by extension (IMAGE_EXTENSIONS). Frames are downscaled so their short
+    Images are recognised by extension (IMAGE_EXTENSIONS); an animated one (GIF, WebP, APNG) is a
+    video, with its own frame times. Frames are downscaled so their short
     side is <= max_side (None: native size), keeping the aspect ratio.
     """
     path = Path(path)
@@ -243,7 +273,7 @@ def load_video(
     if path.stat().st_size == 0:
         raise VideoDecodeError(f"{path.name}: the file is empty (0 bytes); it was probably not fully written")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return _load_image(path, image_frames, max_side)
+        return _load_image(path, fps, max_frames, image_frames, max_side)
     return _decode_frames(path, fps, max_frames, max_side)
 
 
