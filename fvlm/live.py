@@ -58,6 +58,18 @@ class LiveConfig:
         return self
 
 
+def gaze(attention: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Where a frame's query looked: attention [gh, gw] -> the peak cell's centre and the attention's
+    centroid, each (x, y) as fractions of the frame's square crop (0, 0) top left .. (1, 1) bottom right."""
+    a = np.asarray(attention, dtype=np.float64)
+    gh, gw = a.shape
+    ys, xs = (np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw  # cell centres
+    r, c = np.unravel_index(int(a.argmax()), a.shape)
+    w = a / max(a.sum(), 1e-12)
+    return {"peak": (float(xs[c]), float(ys[r])),
+            "centroid": (float((w.sum(0) * xs).sum()), float((w.sum(1) * ys).sum()))}
+
+
 class LiveSession:
     """A running autoregressive read of a frame stream. Build it with `model.live(prompt, ...)`.
 

@@ -4,6 +4,7 @@
                                    (an animated GIF/WebP/APNG is a video, with its own frame times)
     to_clip(anything) -> Clip      path, array/tensor, list of PIL images, or a Clip
     preprocess(frames, S)          [T, H, W, 3] uint8 -> [T, 3, S, S] float32, ImageNet-normalised
+    FrameStream(source)            (frame, t) as they come from a camera, a file or a URL (live video)
 
 Videos are decoded with decord, seeking straight to the sampled frames (a 2-hour video costs
 64 seeks, not 200k decoded frames), at a reduced size when the source is large. Before decord
@@ -18,8 +19,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
@@ -417,3 +420,149 @@ def preprocess(
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
+
+
+# -----------------------------------------------------------------------------
+# live frame streams: a camera, a video file or a URL, frame by frame as it comes
+
+
+def _is_url(source: str) -> bool:
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source) is not None
+
+
+class FrameStream:
+    """Frames from a camera index, a video or animated image file, or any URL OpenCV's VideoCapture
+    opens (rtsp://, http://), sampled at `fps` by the frames' timestamps. Iterate for
+    (frame [H, W, 3] uint8 RGB, t seconds); the iteration ends when the source does.
+
+    Timestamps: a file's own frame times (frame index / its frame rate; animated images: their
+    durations); a camera or URL: seconds since its first frame arrived. realtime=True plays a file
+    at its own rate (a camera or URL always comes in real time). A background thread reads the
+    source, so a source that stalls raises VideoDecodeError after timeout_s instead of hanging.
+    Use it as a context manager, or call close().
+    """
+
+    def __init__(self, source: str | int, *, fps: float = 1.0, realtime: bool = False,
+                 timeout_s: float = 10.0, max_side: int | None = 448):
+        import queue
+        import threading
+
+        if isinstance(source, str) and source.isdigit():
+            source = int(source)
+        if not (fps > 0 and timeout_s > 0):
+            raise InputError(f"FrameStream: fps={fps}, timeout_s={timeout_s}; both must be > 0")
+        self.source, self.fps, self.realtime, self.timeout_s, self.max_side = source, fps, realtime, timeout_s, max_side
+        self.name = f"camera {source}" if isinstance(source, int) else str(source)
+        self.is_file = isinstance(source, str) and not _is_url(source)
+        if self.is_file and not Path(source).exists():
+            raise VideoNotFoundError(f"{source}: no such file; check the path (a camera is a number, e.g. 0)")
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True, name=f"fvlm-stream {self.name}")
+        self._thread.start()
+
+    # ---- the reader thread: (frame, t) items, then None at the end, or an exception ----------------
+    def _frames(self):
+        """(frame RGB, t) for every frame of the source, t by the source's own clock."""
+        if self.is_file and Path(self.source).suffix.lower() in IMAGE_EXTENSIONS:
+            yield from self._image_frames()
+            return
+        import cv2
+
+        if isinstance(self.source, int):
+            cap = cv2.VideoCapture(self.source)
+        else:
+            ms = int(self.timeout_s * 1000)
+            cap = cv2.VideoCapture(str(self.source), cv2.CAP_FFMPEG,
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        try:
+            if not cap.isOpened():
+                fix = ("check that it is connected and not used by another program, or try another index"
+                       if isinstance(self.source, int) else
+                       "check the path or URL and the network; OpenCV opens what its FFmpeg reads")
+                raise VideoDecodeError(f"{self.name}: cannot be opened; {fix}")
+            native = cap.get(cv2.CAP_PROP_FPS) if self.is_file else 0.0
+            if self.is_file and not (math.isfinite(native) and native > 0):
+                raise VideoDecodeError(f"{self.name}: the file reports frame rate {native}; re-encode it "
+                                       "with a fixed rate, e.g. `ffmpeg -i in -r 30 out.mp4`")
+            t0, i = None, 0
+            while not self._stop.is_set():
+                ok, bgr = cap.read()
+                if not ok:
+                    return
+                now = time.monotonic()
+                t0 = now if t0 is None else t0
+                yield bgr[..., ::-1], (i / native if self.is_file else now - t0)
+                i += 1
+        finally:
+            cap.release()
+
+    def _image_frames(self):
+        """An image file: its frames with their start times (a still image: one frame at t=0)."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(self.source) as img:
+                t = 0.0
+                for i in range(getattr(img, "n_frames", 1)):
+                    if self._stop.is_set():
+                        return
+                    img.seek(i)
+                    frame = np.asarray(img.convert("RGB"))  # composed frame; sets WebP's duration
+                    yield frame, t
+                    d = int(img.info.get("duration") or 0)
+                    t += (d if d > 10 else 100) / 1000.0
+        except (UnidentifiedImageError, OSError, EOFError) as e:
+            raise VideoDecodeError(f"{self.name}: not a readable image ({e}); check the file") from e
+
+    def _read(self) -> None:
+        start, next_t = time.monotonic(), 0.0
+        try:
+            for frame, t in self._frames():
+                if t + 1e-9 < next_t:  # sampled at fps by the frames' timestamps
+                    continue
+                next_t = (math.floor(t * self.fps + 1e-9) + 1) / self.fps
+                if self.realtime and self.is_file:
+                    time.sleep(max(0.0, start + t - time.monotonic()))
+                frame = _resize(np.ascontiguousarray(frame), _reduced_size(frame.shape[1], frame.shape[0],
+                                                                           self.max_side))
+                self._put((frame, t))
+            self._put(None)
+        except Exception as e:  # noqa: BLE001  handed to the consumer, which re-raises it
+            self._put(e)
+
+    def _put(self, item) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                return self._queue.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+
+    # ---- the consumer ----------------------------------------------------------------------------
+    def __iter__(self):
+        import queue
+
+        while True:
+            try:
+                item = self._queue.get(timeout=self.timeout_s)
+            except queue.Empty:
+                raise VideoDecodeError(
+                    f"{self.name}: no frame for {self.timeout_s:g} s, the source stalled; check it, or "
+                    "allow a longer wait (timeout)") from None
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading; the reader thread ends at its next frame (or when a stalled read returns)."""
+        self._stop.set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
