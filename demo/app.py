@@ -9,6 +9,11 @@ gradio pushes every yield to the browser. TextEvents update only the answer (gr.
 rest); the DoneEvent writes the overlay MP4. In autoregressive mode frames arrive as the model
 reads them; in the other modes they all arrive after the prefill.
 
+The Live tab sends webcam frames (gradio's streaming image input) or a video file played in real
+time to a fvlm live session (fvlm/live.py), one per browser tab and source (LiveSessions); each
+frame's overlay is streamed back and the answer refreshed every few seconds; closing the tab closes
+its sessions.
+
 The model is loaded on the first request (ModelCache), never at import. One request runs at a
 time (queue default_concurrency_limit=1): other users wait in the queue.
 """
