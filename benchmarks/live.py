@@ -1,7 +1,8 @@
 """Live video: per-frame push latency, ask latency and memory against the frames seen, and the sustained
 frame rate over a session 10x longer than its window.
 
-    python -m benchmarks.live [--device cpu|cuda] [--model shipped|135m] [--frames 1,16,64] [--out DIR] [--smoke]
+    python -m benchmarks.live [--device cpu|cuda] [--model shipped|135m] [--frames 1,16,64] [--threads N]
+                              [--out DIR] [--smoke]
 
 One session (model.live) is pushed camera-sized frames (480x640 random pixels, preprocessed like every
 input) until it has seen 10 x max_frames, so its window slides (re-prefilled from the kept tokens) many
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", default="1,16,64", help="checkpoints (frames seen); 10 x max_frames is added")
     parser.add_argument("--ask-tokens", type=int, default=8, help="new tokens per ask at most (default 8)")
     parser.add_argument("--bf16", action="store_true", help="bf16 weights (CUDA)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 is fastest for small models on a busy CPU)")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model: checks that it runs")
     parser.add_argument("--out", type=Path, help="write live.md and live.json into this folder")
     args = parser.parse_args(argv)
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     name = "smoke" if args.smoke else args.model or ("135m" if args.device == "cuda" else "shipped")
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     setup(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, desc = build(name, args.device, dtype)
     with torch.inference_mode():
         r = run(model, args.device, [int(x) for x in args.frames.split(",")], args.ask_tokens)
