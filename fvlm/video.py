@@ -437,7 +437,8 @@ class FrameStream:
 
     Timestamps: a file's own frame times (frame index / its frame rate; animated images: their
     durations); a camera or URL: seconds since its first frame arrived. realtime=True plays a file
-    at its own rate (a camera or URL always comes in real time). A background thread reads the
+    at its own rate (a camera or URL always comes in real time); a live source drops frames the
+    consumer is too slow for (counted in `dropped`), a file read as fast as it decodes never does. A background thread reads the
     source, so a source that stalls raises VideoDecodeError after timeout_s instead of hanging.
     Use it as a context manager, or call close().
     """
@@ -457,6 +458,7 @@ class FrameStream:
         if self.is_file and not Path(source).exists():
             raise VideoNotFoundError(f"{source}: no such file; check the path (a camera is a number, e.g. 0)")
         self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self.dropped = 0  # frames a live source dropped because the consumer fell behind
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True, name=f"fvlm-stream {self.name}")
         self._thread.start()
@@ -532,13 +534,22 @@ class FrameStream:
             self._put(e)
 
     def _put(self, item) -> None:
+        """Queue an item for the consumer. A live source (camera, URL, a file in real time) drops its
+        oldest waiting frame when the consumer falls behind, so what it reads stays current; a file
+        read as fast as it decodes waits instead (every sampled frame is read)."""
         import queue
 
+        live = not self.is_file or self.realtime
         while not self._stop.is_set():
             try:
                 return self._queue.put(item, timeout=0.1)
             except queue.Full:
-                continue
+                if live and isinstance(item, tuple):
+                    try:
+                        self._queue.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
 
     # ---- the consumer ----------------------------------------------------------------------------
     def __iter__(self):

@@ -128,3 +128,21 @@ def test_gaze():
     assert gaze(a) == {"peak": (0.875, 0.375), "centroid": (0.875, 0.375)}
     g = gaze(np.ones((2, 2)))
     assert g["centroid"] == (0.5, 0.5)
+
+
+def test_frame_stream_live_source_drops_what_a_slow_reader_misses():
+    """In real time a slow consumer gets current frames (old ones dropped); read as fast as it decodes,
+    a file gives every sampled frame, however slow the consumer."""
+    seen = []
+    with FrameStream(str(EXAMPLE), fps=8, realtime=True) as stream:
+        for _, t in stream:
+            seen.append(t)
+            time.sleep(0.4)
+    assert stream.dropped > 0 and len(seen) + stream.dropped == 64
+    assert seen == sorted(seen) and seen[-1] == 63 / 8
+    with FrameStream(str(EXAMPLE), fps=8) as stream:
+        times = []
+        for _, t in stream:
+            times.append(t)
+            time.sleep(0.002)
+    assert stream.dropped == 0 and times == [i / 8 for i in range(64)]
