@@ -114,6 +114,9 @@ def cmd_live(args: argparse.Namespace) -> int:
             print(f"fvlm: {stream.name} gave no frame", file=sys.stderr)
             return 1
         answer("final answer", t)
+    if stream.dropped:
+        print(f"[{stream.dropped} sampled frames dropped: the model read slower than {stream.name} came; "
+              "lower --fps]", file=sys.stderr)
     return 0
 
 
