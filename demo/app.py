@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,8 +280,10 @@ def live_step(entry: dict, event, answer_every_s: float, final: bool = False) ->
     return img, status, answer
 
 
-def build_live_tab(settings: Settings, cache: ModelCache, sessions: LiveSessions) -> None:
-    """The Live tab's components and events (inside a gr.Tab of build_demo)."""
+def build_live_tab(settings: Settings, load: Callable[[str], Any], model_choice: gr.Component,
+                   sessions: LiveSessions) -> None:
+    """The Live tab's components and events (inside a gr.Tab of build_demo). The model is the one
+    chosen in the Clip tab (`model_choice`, turned into a model by `load`)."""
     gr.Markdown(
         "Frames from your **camera** (or a video file played in real time) go to the model one by one: "
         "each becomes one visual token, read with the query the model chose after the frames before it. "
@@ -289,9 +291,8 @@ def build_live_tab(settings: Settings, cache: ModelCache, sessions: LiveSessions
     )
     with gr.Row():
         with gr.Column(scale=2):
-            question = gr.Textbox(label="Question", value="What color is the triangle?", elem_id="live-question")
-            model_dir = gr.Textbox(label="Model directory", value=str(settings.model_dir or ""),
-                                   placeholder="empty: the model shipped with fvlm", elem_id="live-model-dir")
+            question = gr.Textbox(label="Question", value="What color is the triangle?", elem_id="live-question",
+                                  info="The model is the one chosen in the Clip tab.")
             webcam = gr.Image(label="Camera (click to start streaming)", sources=["webcam"], streaming=True,
                               type="numpy", webcam_options=gr.WebcamOptions(mirror=False), elem_id="live-webcam")
             clip = gr.File(label="…or a video file, played in real time", file_types=["video", "image"],
@@ -305,19 +306,18 @@ def build_live_tab(settings: Settings, cache: ModelCache, sessions: LiveSessions
                                elem_id="live-overlay")
             answer = gr.Textbox(label="Answer", lines=2, interactive=False, elem_id="live-answer")
 
-    def on_frame(frame, question: str, model_dir: str, request: gr.Request):
+    def on_frame(frame, question: str, choice: str, request: gr.Request):
         if frame is None:
             return gr.skip(), gr.skip(), gr.skip()
         try:
             if not question or not question.strip():
                 raise UploadError("Type a question for the live view.")
-            model = cache.get(resolve_model_dir(model_dir, settings))
-            entry = sessions.get((request.session_hash, "webcam"), model, question.strip())
+            entry = sessions.get((request.session_hash, "webcam"), load(choice), question.strip())
             return live_step(entry, entry["session"].push(frame), settings.live_answer_every_s)
         except (FVLMError, UploadError) as e:
             raise gr.Error(str(e), duration=None, print_exception=False) from e
 
-    def on_play(path: str | None, question: str, model_dir: str, request: gr.Request) -> Iterator[tuple]:
+    def on_play(path: str | None, question: str, choice: str, request: gr.Request) -> Iterator[tuple]:
         from fvlm.video import FrameStream
 
         try:
@@ -326,7 +326,7 @@ def build_live_tab(settings: Settings, cache: ModelCache, sessions: LiveSessions
             if not question or not question.strip():
                 raise UploadError("Type a question for the live view.")
             validate_upload(path, settings.max_upload_mb, settings.max_duration_s)
-            model = cache.get(resolve_model_dir(model_dir, settings))
+            model = load(choice)
             entry = sessions.get((request.session_hash, "file"), model, question.strip(), restart=True)
             c = model.config
             event = None
@@ -342,10 +342,10 @@ def build_live_tab(settings: Settings, cache: ModelCache, sessions: LiveSessions
             raise gr.Error(str(e), duration=None, print_exception=False) from e
 
     outputs = [overlay, status, answer]
-    webcam.stream(on_frame, [webcam, question, model_dir], outputs, stream_every=settings.live_every_s,
+    webcam.stream(on_frame, [webcam, question, model_choice], outputs, stream_every=settings.live_every_s,
                   time_limit=settings.live_time_limit_s, concurrency_limit=4, concurrency_id="live",
                   api_visibility="private")
-    playing = play.click(on_play, [clip, question, model_dir], outputs, concurrency_limit=4,
+    playing = play.click(on_play, [clip, question, model_choice], outputs, concurrency_limit=4,
                          concurrency_id="live", api_name="live_play")
     stop.click(None, cancels=[playing], api_visibility="private")
 
@@ -458,7 +458,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
         return _gallery_items(state, show_coarse, dirs.new())
 
     default_dir = settings.model_dir or DEFAULT_MODEL_DIR
-    with gr.Blocks() as clip_tab:
+    with gr.Blocks(title="fvlm: where does the model look?", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(
             "# fvlm: watch the model decide where to look\n"
             "Each frame becomes **one** visual token, made by a query that looks into the frame. "
@@ -517,12 +517,13 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
         question.submit(api_visibility="private", **common)
         examples.load_input_event.then(api_visibility="private", **common)
         show_coarse.change(rerender, [state, show_coarse], gallery, api_visibility="private")
-    sessions = LiveSessions()
+    clip_tab, sessions = demo, LiveSessions()
     with gr.Blocks(title="fvlm: where does the model look?", delete_cache=(1800, 3600)) as demo:
         with gr.Tab("Clip", id="clip-tab"):
             clip_tab.render()
         with gr.Tab("Live", id="live-tab", elem_id="live-tab"):
-            build_live_tab(settings, cache, sessions)
+            build_live_tab(settings, lambda choice: cache.get(resolve_model_dir(choice, settings)), model_dir,
+                           sessions)
 
         def close_live(request: gr.Request) -> None:  # the browser tab closed
             sessions.close(request.session_hash)

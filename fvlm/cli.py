@@ -120,6 +120,33 @@ def cmd_live(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_live_parser(sub) -> None:
+    """The `fvlm live` subcommand's arguments."""
+    lv = sub.add_parser("live", help="watch a camera, a video file or a stream as it plays",
+                        description="Read SOURCE frame by frame as it comes (one visual token per frame, "
+                                    "each query chosen after the frames before it): print where each frame "
+                                    "was looked at and answer the prompt every --every seconds and at the "
+                                    "end. Ctrl-C ends with a final answer.")
+    lv.add_argument("source", help="a camera index (0), a video or animated image file, or a URL OpenCV "
+                                   "opens (rtsp://, http://)")
+    lv.add_argument("--prompt", "-p", required=True, help="the question; it also steers the gaze (text_first)")
+    lv.add_argument("--fps", type=float, default=1.0, help="frames read per second of the source (default 1)")
+    lv.add_argument("--every", type=float, default=10.0,
+                    help="answer every this many seconds of the stream (default 10; 0: only at the end)")
+    lv.add_argument("--realtime", action="store_true",
+                    help="play a file at its own rate (default: as fast as it decodes)")
+    lv.add_argument("--heatmaps", metavar="DIR", help="write each frame's overlay PNG as it comes")
+    lv.add_argument("--max-frames", type=int, default=None,
+                    help="frames the LLM sees at most: the sliding window (default: the model's max_frames)")
+    lv.add_argument("--keep-frames", type=int, default=None,
+                    help="frames kept when the window slides (default: half the window)")
+    lv.add_argument("--max-new-tokens", type=int, default=32)
+    lv.add_argument("--timeout", type=float, default=10.0,
+                    help="seconds to wait for a frame before giving up on a stalled source (default 10)")
+    _add_model_args(lv)
+    lv.set_defaults(func=cmd_live)
+
+
 def _write_overlay(path: Path, frame, attention, t: float) -> None:
     import cv2
 
@@ -174,30 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     _add_model_args(g)
     g.set_defaults(func=cmd_generate)
-
-    lv = sub.add_parser("live", help="watch a camera, a video file or a stream as it plays",
-                        description="Read SOURCE frame by frame as it comes (one visual token per frame, "
-                                    "each query chosen after the frames before it): print where each frame "
-                                    "was looked at and answer the prompt every --every seconds and at the "
-                                    "end. Ctrl-C ends with a final answer.")
-    lv.add_argument("source", help="a camera index (0), a video or animated image file, or a URL OpenCV "
-                                   "opens (rtsp://, http://)")
-    lv.add_argument("--prompt", "-p", required=True, help="the question; it also steers the gaze (text_first)")
-    lv.add_argument("--fps", type=float, default=1.0, help="frames read per second of the source (default 1)")
-    lv.add_argument("--every", type=float, default=10.0,
-                    help="answer every this many seconds of the stream (default 10; 0: only at the end)")
-    lv.add_argument("--realtime", action="store_true",
-                    help="play a file at its own rate (default: as fast as it decodes)")
-    lv.add_argument("--heatmaps", metavar="DIR", help="write each frame's overlay PNG as it comes")
-    lv.add_argument("--max-frames", type=int, default=None,
-                    help="frames the LLM sees at most: the sliding window (default: the model's max_frames)")
-    lv.add_argument("--keep-frames", type=int, default=None,
-                    help="frames kept when the window slides (default: half the window)")
-    lv.add_argument("--max-new-tokens", type=int, default=32)
-    lv.add_argument("--timeout", type=float, default=10.0,
-                    help="seconds to wait for a frame before giving up on a stalled source (default 10)")
-    _add_model_args(lv)
-    lv.set_defaults(func=cmd_live)
+    add_live_parser(sub)
 
     i = sub.add_parser("info", help="print a model's config and parameter counts")
     i.add_argument("model_dir", nargs="?", default=None, help="model directory (default: shipped model)")
