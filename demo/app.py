@@ -9,6 +9,11 @@ gradio pushes every yield to the browser. TextEvents update only the answer (gr.
 rest); the DoneEvent writes the overlay MP4. In autoregressive mode frames arrive as the model
 reads them; in the other modes they all arrive after the prefill.
 
+The Live tab sends webcam frames (gradio's streaming image input) or a video file played in real
+time to a fvlm live session (fvlm/live.py), one per browser tab and source (LiveSessions); each
+frame's overlay is streamed back and the answer refreshed every few seconds; closing the tab closes
+its sessions.
+
 The model is loaded on the first request (ModelCache), never at import. One request runs at a
 time (queue default_concurrency_limit=1): other users wait in the queue.
 
@@ -30,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +82,9 @@ class Settings:
     workdir: Path | None = None  # per-request output folders go here; None: a fresh temp dir
     keep_runs: int = 32  # output folders kept (older ones are deleted; gradio has its own copies)
     max_queue: int = 32  # waiting requests beyond this are turned away with "queue is full"
+    live_every_s: float = 0.5  # Live tab: seconds between webcam frames sent to the model
+    live_answer_every_s: float = 3.0  # Live tab: seconds between answers
+    live_time_limit_s: int = 600  # Live tab: longest webcam stream or real-time play, per start
 
 
 class UploadError(ValueError):
@@ -243,6 +251,130 @@ def _update(**values: Any) -> tuple:
     if unknown:
         raise TypeError(f"unknown outputs {sorted(unknown)}; expected some of {OUTPUTS}")
     return tuple(values[name] if name in values else gr.skip() for name in OUTPUTS)
+
+
+# -----------------------------------------------------------------------------
+# the Live tab: a live session per browser tab and source (webcam, file), closed when the tab closes
+
+
+class LiveSessions:
+    """The open fvlm LiveSessions by (browser session, source); a new question or model starts a new one.
+    Thread-safe. close(browser session) runs when the browser tab closes (demo.unload)."""
+
+    def __init__(self):
+        self._open: dict[tuple[str, str], dict] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def get(self, key: tuple[str, str], model, question: str, restart: bool = False) -> dict:
+        """{"session", "question", "model", "last_answer_t"} for key, started afresh when asked to or
+        when the question or the model changed."""
+        with self._lock:
+            entry = self._open.get(key)
+            if entry is not None and (restart or entry["question"] != question or entry["model"] is not model):
+                entry["session"].close()
+                entry = None
+            if entry is None:
+                entry = {"session": model.live(question), "question": question, "model": model,
+                         "last_answer_t": None}
+                self._open[key] = entry
+            return entry
+
+    def close(self, browser_session: str) -> None:
+        with self._lock:
+            for key in [k for k in self._open if k[0] == browser_session]:
+                self._open.pop(key)["session"].close()
+
+
+def live_step(entry: dict, event, answer_every_s: float, final: bool = False) -> tuple:
+    """(overlay image, status, answer or gr.skip()) after one pushed frame; an answer is due every
+    answer_every_s seconds of the stream, and at the end (final)."""
+    from fvlm.live import gaze
+
+    session = entry["session"]
+    img = render.frame_view(event.frame, event.attention, event.timestamp)
+    g = gaze(event.attention)
+    status = (f"**Live:** frame {event.index + 1}, t={event.timestamp:.1f}s · looked at "
+              f"({g['peak'][0]:.2f}, {g['peak'][1]:.2f}) · entropy {event.entropy:.2f} nats · "
+              f"window {session.window}/{session.config.max_frames} frames")
+    last = entry["last_answer_t"]
+    answer = gr.skip()
+    if final or last is None or event.timestamp - last >= answer_every_s:
+        entry["last_answer_t"] = event.timestamp
+        answer = session.ask()
+    return img, status, answer
+
+
+def build_live_tab(settings: Settings, load: Callable[[str], Any], model_choice: gr.Component,
+                   sessions: LiveSessions) -> None:
+    """The Live tab's components and events (inside a gr.Tab of build_demo). The model is the one
+    chosen in the Clip tab (`model_choice`, turned into a model by `load`)."""
+    gr.Markdown(
+        "Frames from your **camera** (or a video file played in real time) go to the model one by one: "
+        "each becomes one visual token, read with the query the model chose after the frames before it. "
+        f"The overlay shows where it looks now; the answer is refreshed every {settings.live_answer_every_s:g} s."
+    )
+    with gr.Row():
+        with gr.Column(scale=2):
+            question = gr.Textbox(label="Question", value="What color is the triangle?", elem_id="live-question",
+                                  info="The model is the one chosen in the Clip tab.")
+            webcam = gr.Image(label="Camera (click to start streaming)", sources=["webcam"], streaming=True,
+                              type="numpy", webcam_options=gr.WebcamOptions(mirror=False), elem_id="live-webcam")
+            clip = gr.File(label="…or a video file, played in real time", file_types=["video", "image"],
+                           height=120, elem_id="live-file")
+            with gr.Row():
+                play = gr.Button("Play live", variant="primary", elem_id="live-play")
+                stop = gr.Button("Stop", elem_id="live-stop")
+        with gr.Column(scale=3):
+            status = gr.Markdown("Start the camera, or play a video file.", elem_id="live-status")
+            overlay = gr.Image(label="Where the model looks now", interactive=False, format="jpeg",
+                               elem_id="live-overlay")
+            answer = gr.Textbox(label="Answer", lines=2, interactive=False, elem_id="live-answer")
+
+    def on_frame(frame, question: str, choice: str, request: gr.Request):
+        if frame is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            if not question or not question.strip():
+                raise UploadError("Type a question for the live view.")
+            entry = sessions.get((request.session_hash, "webcam"), load(choice), question.strip())
+            return live_step(entry, entry["session"].push(frame), settings.live_answer_every_s)
+        except (FVLMError, UploadError) as e:
+            raise gr.Error(str(e), duration=None, print_exception=False) from e
+
+    def on_play(path: str | None, question: str, choice: str, request: gr.Request) -> Iterator[tuple]:
+        from fvlm.video import FrameStream
+
+        try:
+            if not path:
+                raise UploadError("Upload a video file to play it live.")
+            if not question or not question.strip():
+                raise UploadError("Type a question for the live view.")
+            validate_upload(path, settings.max_upload_mb, settings.max_duration_s)
+            model = load(choice)
+            entry = sessions.get((request.session_hash, "file"), model, question.strip(), restart=True)
+            c = model.config
+            event = None
+            with FrameStream(path, fps=c.fps, realtime=True) as stream:
+                for frame, t in stream:
+                    event = entry["session"].push(frame, timestamp=t)
+                    yield live_step(entry, event, settings.live_answer_every_s)
+            if event is not None:
+                img, text, reply = live_step(entry, event, settings.live_answer_every_s, final=True)
+                yield img, text.replace("**Live:**", "**Done:**", 1), reply
+        except (FVLMError, UploadError) as e:
+            yield gr.skip(), f"**Error:** {e}", gr.skip()
+            raise gr.Error(str(e), duration=None, print_exception=False) from e
+
+    outputs = [overlay, status, answer]
+    webcam.stream(on_frame, [webcam, question, model_choice], outputs, stream_every=settings.live_every_s,
+                  time_limit=settings.live_time_limit_s, concurrency_limit=4, concurrency_id="live",
+                  api_visibility="private")
+    playing = play.click(on_play, [clip, question, model_choice], outputs, concurrency_limit=4,
+                         concurrency_id="live", api_name="live_play")
+    stop.click(None, cancels=[playing], api_visibility="private")
 
 
 # -----------------------------------------------------------------------------
@@ -416,7 +548,20 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
         question.submit(api_visibility="private", **common)
         examples.load_input_event.then(api_visibility="private", **common)
         show_coarse.change(rerender, [state, show_coarse], gallery, api_visibility="private")
+    clip_tab, sessions = demo, LiveSessions()
+    with gr.Blocks(title="fvlm: where does the model look?", delete_cache=(1800, 3600)) as demo:
+        with gr.Tab("Clip", id="clip-tab"):
+            clip_tab.render()
+        with gr.Tab("Live", id="live-tab", elem_id="live-tab"):
+            build_live_tab(settings, lambda choice: cache.get(resolve_model_dir(choice, settings)), model_dir,
+                           sessions)
+
+        def close_live(request: gr.Request) -> None:  # the browser tab closed
+            sessions.close(request.session_hash)
+
+        demo.unload(close_live)
     demo.run_dirs = dirs  # so launchers can delete the outputs on shutdown
+    demo.live_sessions = sessions  # open live sessions (closed with their browser tab)
     return demo
 
 

@@ -1,6 +1,7 @@
 """The `fvlm` command line.
 
     fvlm generate VIDEO --prompt "What color is the triangle?" [--heatmaps DIR] [--mode M] [--json]
+    fvlm live SOURCE --prompt "..." [--fps 1] [--every 10] [--realtime] [--heatmaps DIR]
     fvlm info [MODEL_DIR]
     fvlm make-shapes OUT --n N --seed S
     fvlm eval-shapes MODEL_DIR --index INDEX
@@ -81,6 +82,86 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_live(args: argparse.Namespace) -> int:
+    """Watch SOURCE (camera index, file or URL): one line per sampled frame, an answer every --every
+    seconds of the stream and at its end; Ctrl-C ends with a final answer."""
+    from .live import gaze
+    from .video import FrameStream
+
+    model = _load_model(args)
+    session = model.live(args.prompt, max_frames=args.max_frames, keep_frames=args.keep_frames,
+                         max_new_tokens=args.max_new_tokens)
+    out_dir = Path(args.heatmaps) if args.heatmaps else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    next_answer = args.every
+
+    def answer(label: str, t: float) -> None:
+        print(f"t={t:8.2f}s  {label} ({session.frames_seen} frames): {session.ask()}", flush=True)
+
+    t = 0.0
+    with FrameStream(args.source, fps=args.fps, realtime=args.realtime, timeout_s=args.timeout) as stream, session:
+        try:
+            for frame, t in stream:
+                ev = session.push(frame, timestamp=t)
+                g = gaze(ev.attention)
+                print(f"t={t:8.2f}s  frame {ev.index:<5d} peak ({g['peak'][0]:.2f}, {g['peak'][1]:.2f})  "
+                      f"centroid ({g['centroid'][0]:.2f}, {g['centroid'][1]:.2f})  entropy {ev.entropy:.3f}",
+                      flush=True)
+                if out_dir is not None:
+                    _write_overlay(out_dir / f"frame_{ev.index:06d}.png", ev.frame, ev.attention, t)
+                if args.every > 0 and t >= next_answer:
+                    answer("answer", t)
+                    next_answer = (t // args.every + 1) * args.every
+        except KeyboardInterrupt:
+            print("[interrupted: the final answer follows]", file=sys.stderr, flush=True)
+        if session.frames_seen == 0:
+            print(f"fvlm: {stream.name} gave no frame", file=sys.stderr)
+            return 1
+        answer("final answer", t)
+    if stream.dropped:
+        print(f"[{stream.dropped} sampled frames dropped: the model read slower than {stream.name} came; "
+              "lower --fps]", file=sys.stderr)
+    return 0
+
+
+def add_live_parser(sub) -> None:
+    """The `fvlm live` subcommand's arguments."""
+    lv = sub.add_parser("live", help="watch a camera, a video file or a stream as it plays",
+                        description="Read SOURCE frame by frame as it comes (one visual token per frame, "
+                                    "each query chosen after the frames before it): print where each frame "
+                                    "was looked at and answer the prompt every --every seconds and at the "
+                                    "end. Ctrl-C ends with a final answer.")
+    lv.add_argument("source", help="a camera index (0), a video or animated image file, or a URL OpenCV "
+                                   "opens (rtsp://, http://)")
+    lv.add_argument("--prompt", "-p", required=True, help="the question; it also steers the gaze (text_first)")
+    lv.add_argument("--fps", type=float, default=1.0, help="frames read per second of the source (default 1)")
+    lv.add_argument("--every", type=float, default=10.0,
+                    help="answer every this many seconds of the stream (default 10; 0: only at the end)")
+    lv.add_argument("--realtime", action="store_true",
+                    help="play a file at its own rate (default: as fast as it decodes)")
+    lv.add_argument("--heatmaps", metavar="DIR", help="write each frame's overlay PNG as it comes")
+    lv.add_argument("--max-frames", type=int, default=None,
+                    help="frames the LLM sees at most: the sliding window (default: the model's max_frames)")
+    lv.add_argument("--keep-frames", type=int, default=None,
+                    help="frames kept when the window slides (default: half the window)")
+    lv.add_argument("--max-new-tokens", type=int, default=32)
+    lv.add_argument("--timeout", type=float, default=10.0,
+                    help="seconds to wait for a frame before giving up on a stalled source (default 10)")
+    _add_model_args(lv)
+    lv.set_defaults(func=cmd_live)
+
+
+def _write_overlay(path: Path, frame, attention, t: float) -> None:
+    import cv2
+
+    from .heatmap import overlay_frames
+
+    img = overlay_frames(frame[None], attention[None], [t])[0]
+    if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: could not write the overlay PNG; check the --heatmaps folder")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .hub import DEFAULT_MODEL_DIR, WEIGHTS_NAME, checkpoint_format, load, resolve
 
@@ -134,6 +215,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     _add_model_args(g)
     g.set_defaults(func=cmd_generate)
+    add_live_parser(sub)
 
     from .resolve import MODEL_HELP
 

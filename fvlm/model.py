@@ -25,6 +25,7 @@ from .config import FVLMConfig
 from .encoder import FoveatedEncoder, PatchCache
 from .engine import Engine
 from .errors import InputError
+from .live import LiveConfig, LiveSession
 from .sequence import LLMInput, assemble, positions
 from .vlm import LLMCache, Prefill, VLMBase, VLMOutput, hf_config
 
@@ -247,6 +248,16 @@ class FoveatedVLM(VLMBase):
                 attention = torch.empty_like(torch.cat(probs))
                 attention[order] = torch.cat(probs)
         return {"hidden": hidden, "input": inp, "attention": attention, "cache": kv, "tokens": z_rows}
+
+    # ---- live video ---------------------------------------------------------------------------
+    def live(self, prompt: str, max_frames: int | None = None, keep_frames: int | None = None,
+             max_new_tokens: int = 64) -> LiveSession:
+        """A live session (fvlm/live.py): push frames one at a time, ask for an answer at any moment.
+        max_frames: the window of visual tokens (default config.max_frames); keep_frames: how many
+        stay when it slides (default max_frames // 2). See docs/live.md for the window policy."""
+        W = self.config.max_frames if max_frames is None else max_frames
+        keep = W // 2 if keep_frames is None else keep_frames
+        return LiveSession(self, prompt, LiveConfig(W, keep, max_new_tokens))
 
     # ---- generation ---------------------------------------------------------------------------
     def prefill(self, batch: Batch, mode: str, return_attention: bool,

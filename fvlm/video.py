@@ -1,8 +1,10 @@
 """Video and image loading: decode, sample frames, preprocess for the vision encoder.
 
     load_video(path)  -> Clip      frames [T, H, W, 3] uint8 RGB + timestamps [T] seconds
+                                   (an animated GIF/WebP/APNG is a video, with its own frame times)
     to_clip(anything) -> Clip      path, array/tensor, list of PIL images, or a Clip
     preprocess(frames, S)          [T, H, W, 3] uint8 -> [T, 3, S, S] float32, ImageNet-normalised
+    FrameStream(source)            (frame, t) as they come from a camera, a file or a URL (live video)
 
 Videos are decoded with decord, seeking straight to the sampled frames (a 2-hour video costs
 64 seeks, not 200k decoded frames), at a reduced size when the source is large. Before decord
@@ -17,8 +19,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
@@ -192,21 +196,49 @@ def _decode_frames(path: Path, fps: float, max_frames: int, max_side: int | None
     return Clip(frames=frames, timestamps=idx / native_fps, source=str(path))
 
 
-def _load_image(path: Path, image_frames: int, max_side: int | None) -> Clip:
+def _load_image(path: Path, fps: float, max_frames: int, image_frames: int, max_side: int | None) -> Clip:
+    """A still image -> a clip of image_frames copies; an animated one (GIF, WebP, APNG) -> a video."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            if getattr(img, "n_frames", 1) > 1:
+                return _load_animated(path, img, fps, max_frames, max_side)
             if max_side is not None:
                 img.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale, cheaply
-            img = ImageOps.exif_transpose(img).convert("RGB")  # first frame of a GIF; alpha dropped
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as e:
+            img = ImageOps.exif_transpose(img).convert("RGB")  # alpha dropped
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, EOFError) as e:
         raise VideoDecodeError(
             f"{path.name}: not a readable image ({e}); check the file or convert it to PNG/JPEG"
         ) from e
     frame = np.asarray(img)  # [H, W, 3]
     frame = _resize(frame, _reduced_size(frame.shape[1], frame.shape[0], max_side))
     return _image_clip(frame, image_frames, str(path))
+
+
+def _load_animated(path: Path, img, fps: float, max_frames: int, max_side: int | None) -> Clip:
+    """An animated image, open in PIL -> a video clip with the real frame times.
+
+    Frame durations vary (encoders merge repeated frames into one longer frame), so the clip is
+    sampled like a constant-rate video whose frame time is the durations' greatest common divisor:
+    a GIF/WebP made from an mp4 samples the same moments as the mp4. Each sample shows the frame
+    on screen at its time. A duration that is missing or <= 10 ms counts as 100 ms (as browsers do).
+    """
+    durations_ms = []
+    for i in range(img.n_frames):  # seeking decodes; frames are kept only in the second pass
+        img.seek(i)
+        img.load()  # WebP sets the duration on load
+        d = int(img.info.get("duration") or 0)
+        durations_ms.append(d if d > 10 else 100)
+    step = math.gcd(*durations_ms)  # ms per frame of the constant-rate timeline
+    starts = np.concatenate([[0], np.cumsum(durations_ms[:-1])]) // step  # [n] in steps
+    ticks = sample_indices(sum(durations_ms) // step, 1000.0 / step, fps, max_frames)  # [T] in steps
+    frames = []
+    for i in np.searchsorted(starts, ticks, side="right") - 1:  # the frame on screen at each tick
+        img.seek(int(i))
+        frame = np.asarray(img.convert("RGB"))  # [H, W, 3], composed (disposal applied)
+        frames.append(_resize(frame, _reduced_size(frame.shape[1], frame.shape[0], max_side)))
+    return Clip(frames=np.stack(frames), timestamps=ticks * step / 1000.0, source=str(path))
 
 
 def _image_clip(frame: np.ndarray, image_frames: int, source: str) -> Clip:
@@ -227,7 +259,8 @@ def load_video(
 ) -> Clip:
     """Load a video (sampled per `sample_indices`) or an image (replicated to `image_frames`).
 
-    Images are recognised by extension (IMAGE_EXTENSIONS). Frames are downscaled so their short
+    Images are recognised by extension (IMAGE_EXTENSIONS); an animated one (GIF, WebP, APNG) is a
+    video, with its own frame times. Frames are downscaled so their short
     side is <= max_side (None: native size), keeping the aspect ratio.
     """
     path = Path(path)
@@ -243,7 +276,7 @@ def load_video(
     if path.stat().st_size == 0:
         raise VideoDecodeError(f"{path.name}: the file is empty (0 bytes); it was probably not fully written")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return _load_image(path, image_frames, max_side)
+        return _load_image(path, fps, max_frames, image_frames, max_side)
     return _decode_frames(path, fps, max_frames, max_side)
 
 
@@ -387,3 +420,160 @@ def preprocess(
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
+
+
+# -----------------------------------------------------------------------------
+# live frame streams: a camera, a video file or a URL, frame by frame as it comes
+
+
+def _is_url(source: str) -> bool:
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source) is not None
+
+
+class FrameStream:
+    """Frames from a camera index, a video or animated image file, or any URL OpenCV's VideoCapture
+    opens (rtsp://, http://), sampled at `fps` by the frames' timestamps. Iterate for
+    (frame [H, W, 3] uint8 RGB, t seconds); the iteration ends when the source does.
+
+    Timestamps: a file's own frame times (frame index / its frame rate; animated images: their
+    durations); a camera or URL: seconds since its first frame arrived. realtime=True plays a file
+    at its own rate (a camera or URL always comes in real time); a live source drops frames the
+    consumer is too slow for (counted in `dropped`), a file read as fast as it decodes never does. A background thread reads the
+    source, so a source that stalls raises VideoDecodeError after timeout_s instead of hanging.
+    Use it as a context manager, or call close().
+    """
+
+    def __init__(self, source: str | int, *, fps: float = 1.0, realtime: bool = False,
+                 timeout_s: float = 10.0, max_side: int | None = 448):
+        import queue
+        import threading
+
+        if isinstance(source, str) and source.isdigit():
+            source = int(source)
+        if not (fps > 0 and timeout_s > 0):
+            raise InputError(f"FrameStream: fps={fps}, timeout_s={timeout_s}; both must be > 0")
+        self.source, self.fps, self.realtime, self.timeout_s, self.max_side = source, fps, realtime, timeout_s, max_side
+        self.name = f"camera {source}" if isinstance(source, int) else str(source)
+        self.is_file = isinstance(source, str) and not _is_url(source)
+        if self.is_file and not Path(source).exists():
+            raise VideoNotFoundError(f"{source}: no such file; check the path (a camera is a number, e.g. 0)")
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self.dropped = 0  # frames a live source dropped because the consumer fell behind
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True, name=f"fvlm-stream {self.name}")
+        self._thread.start()
+
+    # ---- the reader thread: (frame, t) items, then None at the end, or an exception ----------------
+    def _frames(self):
+        """(frame RGB, t) for every frame of the source, t by the source's own clock."""
+        if self.is_file and Path(self.source).suffix.lower() in IMAGE_EXTENSIONS:
+            yield from self._image_frames()
+            return
+        import cv2
+
+        if isinstance(self.source, int):
+            cap = cv2.VideoCapture(self.source)
+        else:
+            ms = int(self.timeout_s * 1000)
+            cap = cv2.VideoCapture(str(self.source), cv2.CAP_FFMPEG,
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        try:
+            if not cap.isOpened():
+                fix = ("check that it is connected and not used by another program, or try another index"
+                       if isinstance(self.source, int) else
+                       "check the path or URL and the network; OpenCV opens what its FFmpeg reads")
+                raise VideoDecodeError(f"{self.name}: cannot be opened; {fix}")
+            native = cap.get(cv2.CAP_PROP_FPS) if self.is_file else 0.0
+            if self.is_file and not (math.isfinite(native) and native > 0):
+                raise VideoDecodeError(f"{self.name}: the file reports frame rate {native}; re-encode it "
+                                       "with a fixed rate, e.g. `ffmpeg -i in -r 30 out.mp4`")
+            t0, i = None, 0
+            while not self._stop.is_set():
+                ok, bgr = cap.read()
+                if not ok:
+                    return
+                now = time.monotonic()
+                t0 = now if t0 is None else t0
+                yield bgr[..., ::-1], (i / native if self.is_file else now - t0)
+                i += 1
+        finally:
+            cap.release()
+
+    def _image_frames(self):
+        """An image file: its frames with their start times (a still image: one frame at t=0)."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(self.source) as img:
+                t = 0.0
+                for i in range(getattr(img, "n_frames", 1)):
+                    if self._stop.is_set():
+                        return
+                    img.seek(i)
+                    frame = np.asarray(img.convert("RGB"))  # composed frame; sets WebP's duration
+                    yield frame, t
+                    d = int(img.info.get("duration") or 0)
+                    t += (d if d > 10 else 100) / 1000.0
+        except (UnidentifiedImageError, OSError, EOFError) as e:
+            raise VideoDecodeError(f"{self.name}: not a readable image ({e}); check the file") from e
+
+    def _read(self) -> None:
+        start, next_t = time.monotonic(), 0.0
+        try:
+            for frame, t in self._frames():
+                if t + 1e-9 < next_t:  # sampled at fps by the frames' timestamps
+                    continue
+                next_t = (math.floor(t * self.fps + 1e-9) + 1) / self.fps
+                if self.realtime and self.is_file:
+                    time.sleep(max(0.0, start + t - time.monotonic()))
+                frame = _resize(np.ascontiguousarray(frame), _reduced_size(frame.shape[1], frame.shape[0],
+                                                                           self.max_side))
+                self._put((frame, t))
+            self._put(None)
+        except Exception as e:  # noqa: BLE001  handed to the consumer, which re-raises it
+            self._put(e)
+
+    def _put(self, item) -> None:
+        """Queue an item for the consumer. A live source (camera, URL, a file in real time) drops its
+        oldest waiting frame when the consumer falls behind, so what it reads stays current; a file
+        read as fast as it decodes waits instead (every sampled frame is read)."""
+        import queue
+
+        live = not self.is_file or self.realtime
+        while not self._stop.is_set():
+            try:
+                return self._queue.put(item, timeout=0.1)
+            except queue.Full:
+                if live and isinstance(item, tuple):
+                    try:
+                        self._queue.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+
+    # ---- the consumer ----------------------------------------------------------------------------
+    def __iter__(self):
+        import queue
+
+        while True:
+            try:
+                item = self._queue.get(timeout=self.timeout_s)
+            except queue.Empty:
+                raise VideoDecodeError(
+                    f"{self.name}: no frame for {self.timeout_s:g} s, the source stalled; check it, or "
+                    "allow a longer wait (timeout)") from None
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading; the reader thread ends at its next frame (or when a stalled read returns)."""
+        self._stop.set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -296,7 +296,7 @@ class VLMBase(nn.Module):
             for b, ids in enumerate(rows):
                 callback(TextEvent(sample=b, text=self.tokenizer.decode(ids, skip_special_tokens=True)))
 
-        tokens = self._decode(pre, max_new_tokens, temperature, top_p, seed,
+        tokens = self.decode(pre, max_new_tokens, temperature, top_p, seed,
                               on_token=on_token if callback is not None else None)
         outs = [
             GenerateOutput(
@@ -330,10 +330,11 @@ class VLMBase(nn.Module):
                 break
         worker.join()
 
-    def _decode(self, pre: Prefill, max_new_tokens: int, temperature: float, top_p: float,
-                seed: int | None, on_token: Callable[[list[list[int]]], None] | None = None,
-                ) -> list[list[int]]:
-        """Token-by-token decoding from the prefilled KV cache; stops each sample at EOS."""
+    def decode(self, pre: Prefill, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               seed: int | None = None, on_token: Callable[[list[list[int]]], None] | None = None,
+               ) -> list[list[int]]:
+        """Token-by-token decoding from the prefilled KV cache (appended to); stops each sample at EOS.
+        Returns the new token ids per sample, EOS excluded."""
         B = pre.logits.shape[0]
         gen = None
         if seed is not None:

@@ -5,6 +5,7 @@ All videos are written on the fly into tmp_path with OpenCV (mp4v), tiny, so the
 
 import struct
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -169,6 +170,87 @@ def test_load_image_replicated(tmp_path):
     assert clip.is_image and clip.frames.shape == (4, 300, 450, 3)
     assert clip.timestamps.tolist() == [0.0] * 4
     assert to_clip(str(path)).frames.shape == (8, 448, 672, 3)
+
+
+# -----------------------------------------------------------------------------
+# animated images are videos
+
+
+SHAPES_CLIP = Path(__file__).resolve().parents[1] / "fvlm" / "assets" / "examples" / "shapes_easy.mp4"
+
+
+def all_frames(path) -> np.ndarray:
+    """Every frame of a video file, [T, H, W, 3] RGB (OpenCV)."""
+    cap, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            return np.stack(frames)
+        frames.append(f[..., ::-1])
+
+
+def save_animation(path, frames, duration_ms, **kw):
+    ims = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    ims[0].save(path, save_all=True, append_images=ims[1:], duration=duration_ms, loop=0, **kw)
+    return path
+
+
+def test_animated_gif_is_a_video_like_its_mp4(tmp_path):
+    """A ShapesQA clip as a GIF (100 ms frames) and as a 10-fps mp4: the same sampled moments, real
+    timestamps (not t=0 x 8), and the shipped model gives both the same answer."""
+    import fvlm
+
+    frames = all_frames(SHAPES_CLIP)  # [64, 128, 128, 3]
+    gif = save_animation(tmp_path / "clip.gif", frames, 100)
+    mp4 = write_video(tmp_path / "clip.mp4", frames, fps=10.0)
+    g, m = load_video(gif, fps=1, max_frames=16), load_video(mp4, fps=1, max_frames=16)
+    assert not g.is_image and g.frames.shape == m.frames.shape == (6, 128, 128, 3)
+    assert g.timestamps.tolist() == m.timestamps.tolist() == [0.0, 1.3, 2.5, 3.8, 5.0, 6.3]
+    np.testing.assert_allclose(g.frames.mean((1, 2, 3)), m.frames.mean((1, 2, 3)), atol=3)
+    model = fvlm.load(device="cpu")
+    a = model.generate(str(gif), "What color is the triangle?", max_new_tokens=8)
+    b = model.generate(str(mp4), "What color is the triangle?", max_new_tokens=8)
+    assert a.text == b.text == "red"
+    assert a.timestamps.tolist() == b.timestamps.tolist()
+
+
+def test_animated_webp_with_merged_frames_samples_the_mp4s_moments():
+    """Lossless WebP merges repeated frames into longer ones; the clip still samples the mp4's
+    moments (8 fps, 125 ms frames) and shows the frame on screen at each."""
+    import tempfile
+
+    frames = all_frames(SHAPES_CLIP)
+    with tempfile.TemporaryDirectory() as d:
+        webp = save_animation(Path(d) / "clip.webp", frames, 125, lossless=True)
+        w = load_video(webp, fps=1, max_frames=16)
+    m = load_video(SHAPES_CLIP, fps=1, max_frames=16)
+    assert w.timestamps.tolist() == m.timestamps.tolist() == [i * 1.125 for i in range(8)]
+    np.testing.assert_array_equal(w.frames, frames[np.round(m.timestamps * 8).astype(int)])
+
+
+def test_animated_image_variable_durations(tmp_path):
+    """Frames of 100, 300 and 200 ms: on a 100-ms timeline the clip shows frame 0, 1, 1, 1, 2, 2."""
+    frames = np.stack([np.full((16, 16, 3), v, np.uint8) for v in (0, 120, 240)])
+    gif = save_animation(tmp_path / "v.gif", frames, [100, 300, 200])
+    clip = load_video(gif, fps=10, max_frames=64)
+    assert clip.timestamps.tolist() == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    assert clip.frames[:, 0, 0, 0].tolist() == [0, 120, 120, 120, 240, 240]
+
+
+def test_still_gif_and_webp_stay_images(tmp_path):
+    for name in ("still.gif", "still.webp"):
+        Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(tmp_path / name)
+        clip = load_video(tmp_path / name, image_frames=3)
+        assert clip.is_image and clip.timestamps.tolist() == [0.0] * 3
+
+
+def test_truncated_animated_gif(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    data = save_animation(tmp_path / "a.gif", frames, 100).read_bytes()
+    (tmp_path / "cut.gif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoDecodeError) as e:
+        load_video(tmp_path / "cut.gif")
+    check_error(e, "cut.gif", "convert")
 
 
 # -----------------------------------------------------------------------------
