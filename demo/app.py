@@ -553,7 +553,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
         with gr.Tab("Clip", id="clip-tab"):
             clip_tab.render()
         with gr.Tab("Live", id="live-tab", elem_id="live-tab"):
-            build_live_tab(settings, lambda choice: cache.get(resolve_model_dir(choice, settings)), model_dir,
+            build_live_tab(settings, lambda choice: cache.get(pick_model(choice, settings)[1]), model,
                            sessions)
 
         def close_live(request: gr.Request) -> None:  # the browser tab closed
