@@ -16,13 +16,14 @@ decord, PyAV, OpenCV and PIL are imported lazily so `import fvlm.video` stays ch
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _DECODE_THREADS = min(4, os.cpu_count() or 1)
+_PIL_LOCK = threading.Lock()  # guards Pillow's process-wide truncated-file flag (_strict_pil)
 # decord 0.6.0 fails (DECORDError, or frames of the wrong shape) at these output widths,
 # whatever the source; we decode 2 px wider and resize back. Found by scanning widths 8..1000.
 _DECORD_BAD_WIDTHS = {8, 12, 16, 24, 48, 72}
@@ -196,12 +198,27 @@ def _decode_frames(path: Path, fps: float, max_frames: int, max_side: int | None
     return Clip(frames=frames, timestamps=idx / native_fps, source=str(path))
 
 
+@contextlib.contextmanager
+def _strict_pil():
+    """Pillow refuses truncated files while fvlm decodes one. Other libraries loosen this for the
+    whole process (lmms-eval sets ImageFile.LOAD_TRUNCATED_IMAGES = True on import), which would let
+    half a GIF decode as a shorter video; the flag is restored afterwards."""
+    from PIL import ImageFile
+
+    with _PIL_LOCK:
+        saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def _load_image(path: Path, fps: float, max_frames: int, image_frames: int, max_side: int | None) -> Clip:
     """A still image -> a clip of image_frames copies; an animated one (GIF, WebP, APNG) -> a video."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with _strict_pil(), Image.open(path) as img:
             if getattr(img, "n_frames", 1) > 1:
                 return _load_animated(path, img, fps, max_frames, max_side)
             if max_side is not None:
@@ -438,8 +455,8 @@ class FrameStream:
     Timestamps: a file's own frame times (frame index / its frame rate; animated images: their
     durations); a camera or URL: seconds since its first frame arrived. realtime=True plays a file
     at its own rate (a camera or URL always comes in real time); a live source drops frames the
-    consumer is too slow for (counted in `dropped`), a file read as fast as it decodes never does. A background thread reads the
-    source, so a source that stalls raises VideoDecodeError after timeout_s instead of hanging.
+    consumer is too slow for (counted in `dropped`), a file read as fast as it decodes never does.
+    A background thread reads the source, so a source that stalls raises VideoDecodeError after timeout_s instead of hanging.
     Use it as a context manager, or call close().
     """
 
@@ -452,7 +469,8 @@ class FrameStream:
             source = int(source)
         if not (fps > 0 and timeout_s > 0):
             raise InputError(f"FrameStream: fps={fps}, timeout_s={timeout_s}; both must be > 0")
-        self.source, self.fps, self.realtime, self.timeout_s, self.max_side = source, fps, realtime, timeout_s, max_side
+        self.source, self.fps, self.realtime = source, fps, realtime
+        self.timeout_s, self.max_side = timeout_s, max_side
         self.name = f"camera {source}" if isinstance(source, int) else str(source)
         self.is_file = isinstance(source, str) and not _is_url(source)
         if self.is_file and not Path(source).exists():
@@ -504,13 +522,16 @@ class FrameStream:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(self.source) as img:
+            with _strict_pil():
+                img = Image.open(self.source)
+            with img:
                 t = 0.0
                 for i in range(getattr(img, "n_frames", 1)):
                     if self._stop.is_set():
                         return
-                    img.seek(i)
-                    frame = np.asarray(img.convert("RGB"))  # composed frame; sets WebP's duration
+                    with _strict_pil():  # per frame: the stream yields between frames
+                        img.seek(i)
+                        frame = np.asarray(img.convert("RGB"))  # composed frame; sets WebP's duration
                     yield frame, t
                     d = int(img.info.get("duration") or 0)
                     t += (d if d > 10 else 100) / 1000.0
@@ -572,7 +593,7 @@ class FrameStream:
         """Stop reading; the reader thread ends at its next frame (or when a stalled read returns)."""
         self._stop.set()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> FrameStream:
         return self
 
     def __exit__(self, *exc) -> None:
