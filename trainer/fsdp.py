@@ -13,7 +13,9 @@ often the model runs the LLM depends on the micro-batch (once for a text-only ba
 coarse_fine, once per frame in autoregressive) and DINO's layers are walked part by part by the
 foveated encoder, so per-block units would issue a different number of collectives on different
 ranks and hang. Parameters a rank did not use get zero gradients (reduce_scatter_unused_params),
-as DDP's find_unused_parameters gives.
+as DDP's find_unused_parameters gives; `drop_unused` then sets the gradients that are zero on every
+rank (a parameter no rank used in the step, e.g. llm_to_query in a coarse_only step) to None, as DDP
+and a single process leave them, so AdamW skips them instead of stepping them with zero gradients.
 
 Mixed precision: with bf16 the gathered parameters are bf16 and gradients are reduced in fp32; the
 trainer's autocast stays on around the forward, so the ops autocast keeps in fp32 stay in fp32 as
@@ -25,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.distributed as td
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -46,6 +49,20 @@ def shard(module: nn.Module, dtype: str) -> None:
     module.set_reduce_scatter_unused_params(True)
 
 
+def drop_unused(params: list[nn.Parameter]) -> None:
+    """After backward: gradient None for every parameter whose gradient is zero on all ranks (one
+    all-reduce of a flag per parameter)."""
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return
+    local = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in with_grad]
+    used = torch.stack([(g != 0).any() for g in local]).float()  # [n] this rank's shards
+    td.all_reduce(used, op=td.ReduceOp.MAX)
+    for p, u in zip(with_grad, used.tolist()):
+        if not u:
+            p.grad = None
+
+
 def grad_norm(total: torch.Tensor) -> float:
     """clip_grad_norm_'s total norm over all shards as a float."""
     return float(total.full_tensor() if isinstance(total, DTensor) else total)
@@ -59,10 +76,17 @@ def save_shards(module: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
 
 def load_shards(module: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Read what save_shards wrote, each rank its part, into the sharded module and optimizer."""
-    model_sd, optim_sd = get_state_dict(module, optimizer)
+    model_sd, optim_sd = get_state_dict(module, optimizer)  # AdamW state for every parameter (zeros)
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    # parameters never stepped before the checkpoint have no AdamW state: leave them without
+    optim_sd["state"] = {k: v for k, v in optim_sd["state"].items() if f"optimizer.state.{k}.step" in saved}
     state = {"model": model_sd, "optimizer": optim_sd}
     dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(strict=False))
+    for name, p in module.named_parameters():
+        if f"optimizer.state.{name}.step" not in saved:
+            optimizer.state.pop(p, None)
 
 
 def full_weights(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -114,14 +114,12 @@ def autocast_factory(cfg: Config, device: torch.device):
 
 
 def tied_names(module: torch.nn.Module) -> set[str]:
-    """Names of parameters that are another name's parameter too (e.g. lm_head = embeddings)."""
-    seen: set[int] = set()
-    aliases = set()
+    """Names not to save of parameters shared by several names (e.g. lm_head = embeddings): all but
+    the alphabetically first, the one safetensors' save_model keeps."""
+    names_of: dict[int, list[str]] = {}
     for name, p in module.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            aliases.add(name)
-        seen.add(id(p))
-    return aliases
+        names_of.setdefault(id(p), []).append(name)
+    return {n for names in names_of.values() for n in sorted(names)[1:]}
 
 
 class Trainer:
@@ -335,6 +333,8 @@ class Trainer:
                     self.scaler.scale(loss / accum).backward()
                 objectives.add(sums, {"loss": float(loss.detach()), "samples": tb.size,
                                       "text_batches": float(tb.kind == "text"), **parts})
+            if self.fsdp:
+                fsdp.drop_unused(trainable)
             self.scaler.unscale_(self.optimizer)
             grad_norm = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip))
             lrs = set_lrs(self.optimizer, st.step, self.total_steps, cfg.optim)
