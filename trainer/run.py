@@ -4,10 +4,11 @@
     torchrun --nproc_per_node=N [--nnodes M --rdzv-endpoint HOST:PORT ...] -m trainer.run --config ...
 
 One optimizer step = grad_accum micro-batches per rank (DDP gradients sync on the last one only,
-`no_sync` before). train.parallel fsdp shards the model instead of replicating it (trainer/fsdp.py). The mode (coarse_fine / coarse_only / autoregressive) is drawn per step from
-train.modes with a generator fixed by (seed, step), the same on every rank. Checkpoints every
-checkpoint.every_steps, at every new best validation metric and at the end; the final model is
-saved to RUN/final in fvlm's save_pretrained format.
+`no_sync` before; train.parallel fsdp shards the model instead of replicating it: trainer/fsdp.py).
+The mode (coarse_fine / coarse_only / autoregressive) is drawn per step from train.modes with a
+generator fixed by (seed, step), the same on every rank. Checkpoints every checkpoint.every_steps,
+at every new best validation metric and at the end; the final model is saved to RUN/final in
+fvlm's save_pretrained format.
 """
 
 from __future__ import annotations
@@ -264,7 +265,8 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         speedups(self.model, cfg)
         net: torch.nn.Module = self.module
-        if dist.enabled and not self.fsdp:  # unused: DINO (text-only batches), llm_to_query/q_init (coarse_only), LLM (stage 0)
+        # unused: DINO (text-only batches), llm_to_query/q_init (coarse_only), LLM (stage 0)
+        if dist.enabled and not self.fsdp:
             net = DDP(
                 net,
                 device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
