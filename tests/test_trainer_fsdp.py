@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from test_trainer_helpers import (
+    dpo_sample,
     read_csv,
     read_keys,
     replay_shard,
@@ -15,6 +16,7 @@ from test_trainer_helpers import (
     tiny_config,
     video_shards,
     write_config,
+    write_tar,
 )
 
 from fvlm.errors import CheckpointError, ConfigError
@@ -116,6 +118,27 @@ def test_fsdp_resume_after_sigkill_is_exact(tmp_path):
     wa = read_weights(tmp_path / "full" / "final" / "model.safetensors")
     wb = read_weights(tmp_path / "killed" / "final" / "model.safetensors")
     assert all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
+def test_fsdp_trains_dpo_with_a_frozen_dino(tmp_path):
+    """Stage 3 DPO (a reference model beside the sharded policy) with freeze_dino: DINO's weights
+    stay those of the first checkpoint, the LLM's move, and the final model loads."""
+    data = tmp_path / "data"
+    for s in range(2):
+        write_tar(data / f"train-{s}.tar", [dpo_sample(f"p{s}x{i}", ["red", "blue"][i % 2], 1 + i % 2, seed=i)
+                                             for i in range(4)])
+    raw = tiny_config(tmp_path / "run", f"{data}/*.tar", steps=3, stage=3, loss={"type": "dpo", "beta": 0.1},
+                      checkpoint={"every_steps": 1, "keep_last": 3})
+    raw["model"]["freeze_dino"] = True
+    raw["train"].update(parallel="fsdp", total_samples=3 * 2 * 2)
+    run = run_trainer(write_config(tmp_path / "dpo.yaml", raw), nproc=2)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert all(r["dpo_reward_acc"] != "" for r in read_csv(tmp_path / "run" / "metrics.csv"))
+    first = read_weights(tmp_path / "run" / "checkpoints" / ckpt.step_name(1) / "model.safetensors")
+    final = load_pretrained(tmp_path / "run" / "final").state_dict()
+    dino = [n for n in first if n.startswith("encoder.dino.")]
+    assert dino and all(torch.equal(first[n], final[n]) for n in dino)
+    assert not torch.equal(first["llm.model.layers.0.mlp.up_proj.weight"], final["llm.model.layers.0.mlp.up_proj.weight"])
 
 
 def test_fsdp_config_and_checkpoint_errors(tmp_path):
