@@ -443,9 +443,6 @@ def validate(cfg: Config) -> None:
         raise bad("train.parallel", f"{t.parallel!r} is not one of {PARALLEL}")
     if t.parallel == "fsdp" and t.dtype == "fp16":
         raise bad("train.dtype", "fp16 (a gradient scaler) is not supported with train.parallel fsdp; use bf16")
-    if t.parallel == "fsdp" and cfg.data.val_shards is not None:
-        raise bad("data.val_shards", "validation during training is not supported with train.parallel fsdp "
-                  "yet; leave it unset and evaluate the checkpoints (each is a loadable model)")
     if (t.total_samples is None) == (cfg.flops.budget is None):
         raise bad("train.total_samples", "set exactly one of train.total_samples and flops.budget")
     if t.total_samples is not None and t.total_samples < 1:

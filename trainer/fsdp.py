@@ -2,6 +2,7 @@
 ranks, for models whose training state one device cannot hold (train.parallel: fsdp).
 
     shard(module, dtype)              the TrainModule (model + object head) as one FSDP unit
+    gathered(module)                  the full weights on every rank for a while (validation)
     save_shards / load_shards         model + heads + optimizer through torch.distributed.checkpoint:
                                       each rank writes and reads its own part
     full_weights(module)              the whole state dict gathered on rank 0 (for model.safetensors)
@@ -24,6 +25,8 @@ under DDP. fp32 runs (CPU) gather and reduce in fp32.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -47,6 +50,18 @@ def shard(module: nn.Module, dtype: str) -> None:
         else MixedPrecisionPolicy()
     fully_shard(module, mp_policy=mp)
     module.set_reduce_scatter_unused_params(True)
+
+
+@contextlib.contextmanager
+def gathered(module: nn.Module) -> Iterator[None]:
+    """The full weights on every rank for the duration (validation: each rank runs the inner model
+    on its own share of the set and rank 0 alone draws heatmaps, so no collective may happen inside
+    a forward). Every rank must enter it; the weights are resharded on exit."""
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
 
 
 def drop_unused(params: list[nn.Parameter]) -> None:

@@ -417,13 +417,14 @@ class Trainer:
         return int(D.all_reduce_sum(self.dist, local)[0])
 
     def _evaluate(self) -> dict[str, Any]:
-        if self.cfg.stage == 0:
-            metrics = evaluate_objects(self.module, self._val_loader(), self.dist, self.autocast)
-        else:
-            heatmaps = self.run_dir / "heatmaps" / ckpt.step_name(self.state.step)
-            metrics = evaluate(
-                self.model, self.reference, self.cfg, self._val_loader(), self.dist, self.autocast, heatmaps
-            )
+        with fsdp.gathered(self.module) if self.fsdp else contextlib.nullcontext():
+            if self.cfg.stage == 0:
+                metrics = evaluate_objects(self.module, self._val_loader(), self.dist, self.autocast)
+            else:
+                heatmaps = self.run_dir / "heatmaps" / ckpt.step_name(self.state.step)
+                metrics = evaluate(
+                    self.model, self.reference, self.cfg, self._val_loader(), self.dist, self.autocast, heatmaps
+                )
         if self.dist.main:
             self.logger.log("eval", self.state.step, metrics)
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
