@@ -149,6 +149,26 @@ def test_fsdp_trains_dpo_with_a_frozen_dino(tmp_path):
     assert not torch.equal(first["llm.model.layers.0.mlp.up_proj.weight"], final["llm.model.layers.0.mlp.up_proj.weight"])
 
 
+def test_fsdp_trains_the_object_head_beside_the_model(tmp_path):
+    """loss.object_weight > 0: the head is part of the sharded TrainModule, saved gathered beside
+    the model in every checkpoint, never in it."""
+    from fvlm.shapesqa.generate import make_shapes
+
+    make_shapes(tmp_path / "shapes", n=8, seed=0, split="easy", subset="train", size=32, seconds=2.0, fps=4,
+                max_frames=4, per_clip=2, videos=False, shard_size=4, progress=False)
+    raw = tiny_config(tmp_path / "run", f"{tmp_path}/shapes/train/*.tar", steps=3, loss={"object_weight": 1.0},
+                      checkpoint={"every_steps": 100, "keep_last": 1})
+    raw["model"]["vision"]["image_size"] = raw["model"]["fvlm"]["image_size"] = 32  # objects >= a quarter patch
+    raw["train"].update(parallel="fsdp", total_samples=3 * 2 * 2)
+    run = run_trainer(write_config(tmp_path / "objects.yaml", raw), nproc=2)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert all(float(r["loss_objects"]) > 0 for r in read_csv(tmp_path / "run" / "metrics.csv"))
+    last = ckpt.latest(tmp_path / "run")
+    assert set(read_weights(last / ckpt.HEAD_NAME)) == {"shape.weight", "shape.bias", "color.weight", "color.bias"}
+    for weights in (last / "model.safetensors", tmp_path / "run" / "final" / "model.safetensors"):
+        assert not any(k.startswith("object_head.") for k in read_weights(weights))
+
+
 def test_fsdp_config_and_checkpoint_errors(tmp_path):
     raw = tiny_config(tmp_path / "run", "x.tar")
     raw["train"]["parallel"] = "zero3"
