@@ -8,7 +8,8 @@ Model args (`--model_args k=v,...`):
                  or upstream fVLM's); default: the model shipped in the package
     mode         coarse_only | coarse_fine (default) | autoregressive
     max_frames   frame cap of the sampler (default: the checkpoint's config, 64)
-    device       cpu | cuda | cuda:N (default: cuda when available)
+    device       cpu | cuda | cuda:N (default: cuda:LOCAL_RANK when available: one GPU per process
+                 under torchrun / accelerate launch; else cpu)
     dtype        float32 (default) | bfloat16 | float16
     batch_size   requests per forward pass (lmms-eval's --batch_size)
 

@@ -9,6 +9,7 @@ The doc is `model.task_dict[task][split][doc_id]` (filled by the evaluator befor
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -103,7 +104,12 @@ def check_batch_size(batch_size: int | str) -> int:
 
 
 def pick_device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """`device` when given; else this process's GPU, cuda:LOCAL_RANK (torchrun and accelerate launch
+    set LOCAL_RANK: one GPU per process; unset in a single process: cuda:0) when CUDA is available;
+    else cpu."""
+    if device:
+        return device
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
 class ClipCache:

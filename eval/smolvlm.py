@@ -17,8 +17,8 @@ thin wrapper does what SmolVLMProcessor + SmolVLMVideoProcessor do for one video
     python -m lmms_eval --model smolvlm2_frames --model_args pretrained=HuggingFaceTB/SmolVLM2-256M-Video-Instruct ...
 
 Model args: pretrained (hub id or directory), max_frames / fps (default: the checkpoint's
-video_sampling), device, dtype, batch_size. Undecodable videos are counted and answered with
-eval.errors.ERROR_RESPONSE, as for fvlm.
+video_sampling), device (default as for fvlm: cuda:LOCAL_RANK, else cpu), dtype, batch_size.
+Undecodable videos are counted and answered with eval.errors.ERROR_RESPONSE, as for fvlm.
 """
 
 from __future__ import annotations

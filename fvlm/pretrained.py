@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
 from .config import CONFIG_NAME, FVLMConfig
 from .errors import CheckpointError, ConfigError
@@ -41,14 +41,20 @@ _WRAPPER_PREFIX = re.compile(r"^(module\.|_orig_mod\.)+")  # DDP / torch.compile
 
 
 # ---- saving -------------------------------------------------------------------------------------
-def save_pretrained(model, directory: str | os.PathLike) -> Path:
-    """Write config.json, model.safetensors and the tokenizer; each file lands atomically."""
+def save_pretrained(model, directory: str | os.PathLike,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write config.json, model.safetensors and the tokenizer; each file lands atomically.
+    weights: the state dict to write instead of the model's own (e.g. gathered from FSDP shards;
+    tied weights stored once), None for the model's."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
         tmp = Path(tmp)
         model.config.save(tmp)
-        save_model(model, str(tmp / WEIGHTS_NAME))
+        if weights is None:
+            save_model(model, str(tmp / WEIGHTS_NAME))
+        else:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS_NAME))
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(tmp)
         for f in sorted(tmp.iterdir()):

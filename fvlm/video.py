@@ -456,8 +456,8 @@ class FrameStream:
     durations); a camera or URL: seconds since its first frame arrived. realtime=True plays a file
     at its own rate (a camera or URL always comes in real time); a live source drops frames the
     consumer is too slow for (counted in `dropped`), a file read as fast as it decodes never does.
-    A background thread reads the source, so a source that stalls raises VideoDecodeError after timeout_s instead of hanging.
-    Use it as a context manager, or call close().
+    A background thread reads the source, so a source that stalls raises VideoDecodeError after
+    timeout_s instead of hanging. Use it as a context manager, or call close().
     """
 
     def __init__(self, source: str | int, *, fps: float = 1.0, realtime: bool = False,

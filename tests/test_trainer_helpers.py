@@ -236,3 +236,21 @@ def read_csv(path: Path, event: str = "train") -> list[dict[str, str]]:
 
 def read_keys(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def replay_shard(path: Path, sources: list[Path], rank_keys: list[list[dict]], accum: int) -> None:
+    """One shard holding, step by step, rank 0's then rank 1's micro-batches (as the DDP run saw them)."""
+    raw: dict[str, dict[str, bytes]] = {}
+    for src in sources:
+        with tarfile.open(src) as tar:
+            for m in tar.getmembers():
+                key, _, ext = m.name.partition(".")
+                raw.setdefault(f"{src.name}/{key}", {})[ext] = tar.extractfile(m).read()
+    samples = []
+    steps = max(r["step"] for r in rank_keys[0])
+    for step in range(1, steps + 1):
+        for keys in rank_keys:
+            for row in (r for r in keys if r["step"] == step):
+                for k in row["keys"]:
+                    samples.append({"__key__": f"r{len(samples):05d}", **raw[k]})
+    write_tar(path, samples)

@@ -16,6 +16,7 @@ from test_trainer_helpers import (
     dpo_sample,
     read_csv,
     read_keys,
+    replay_shard,
     run_trainer,
     subprocess_env,
     tiny_config,
@@ -254,24 +255,6 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     )
 
 
-def _replay_shard(path: Path, sources: list[Path], rank_keys: list[list[dict]], accum: int) -> None:
-    """One shard holding, step by step, rank 0's then rank 1's micro-batches (as the DDP run saw them)."""
-    raw: dict[str, dict[str, bytes]] = {}
-    for src in sources:
-        with tarfile.open(src) as tar:
-            for m in tar.getmembers():
-                key, _, ext = m.name.partition(".")
-                raw.setdefault(f"{src.name}/{key}", {})[ext] = tar.extractfile(m).read()
-    samples = []
-    steps = max(r["step"] for r in rank_keys[0])
-    for step in range(1, steps + 1):
-        for keys in rank_keys:
-            for row in (r for r in keys if r["step"] == step):
-                for k in row["keys"]:
-                    samples.append({"__key__": f"r{len(samples):05d}", **raw[k]})
-    write_tar(path, samples)
-
-
 @pytest.mark.parametrize("loss", ["ce", "dpo"])
 def test_two_process_gloo_run_equals_single_process_training(tmp_path, loss):
     """torchrun --nproc_per_node=2 (gloo, CPU): the ranks read disjoint shards, and training equals
@@ -317,7 +300,7 @@ def test_two_process_gloo_run_equals_single_process_training(tmp_path, loss):
     ]
     assert shards_of[0] and shards_of[1] and not shards_of[0] & shards_of[1]
 
-    _replay_shard(tmp_path / "replay" / "replay.tar", sources, rank_keys, accum=2)
+    replay_shard(tmp_path / "replay" / "replay.tar", sources, rank_keys, accum=2)
     single = dict(base, run={**base["run"], "out_dir": str(tmp_path / "single")})
     single["data"] = {
         **base["data"],

@@ -6,13 +6,17 @@
         object_head.safetensors          the training-only object head (loss.object_weight > 0;
                                          trainer/heads.py), never in model.safetensors
         optimizer.pt                     AdamW state (tensors only; read with weights_only=True)
+        shards/                          instead of optimizer.pt with train.parallel fsdp: model, head
+                                         and AdamW state, one file per rank (torch.distributed.checkpoint;
+                                         trainer/fsdp.py); model.safetensors is then the gathered model
         rng.pt                           every rank's torch CPU (and CUDA) RNG state
         trainer_state.json               step, samples, schedule step, grad-scaler state, every
                                          rank's data position, best metric so far, wall time
     RUN/checkpoints/.tmp-step_0000100/   being written; renamed when complete, removed at start
     RUN/checkpoints/best -> step_...     symlink to the best checkpoint on *validation*
 
-Pruning keeps the last `keep_last` checkpoints and the best one. Only rank 0 writes.
+Pruning keeps the last `keep_last` checkpoints and the best one. Only rank 0 writes, except
+shards/, which every rank writes into the staging directory (`staging_dir`) before rank 0's `save`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ RNG_NAME = "rng.pt"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 HEAD_NAME = "object_head.safetensors"  # TrainModule.heads["object_head"], saved beside the model
+SHARDS_NAME = "shards"
 
 
 @dataclass
@@ -80,28 +85,40 @@ def remove_partial(run_dir: Path) -> None:
                 shutil.rmtree(p)
 
 
+def staging_dir(run_dir: Path, step: int, fresh: bool = True) -> Path:
+    """Where checkpoint `step` is written before it appears by rename; fresh: emptied first."""
+    tmp = checkpoint_dir(run_dir) / f"{TMP_PREFIX}{step_name(step)}"
+    if fresh:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    return tmp
+
+
 def save(
     run_dir: Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     state: TrainState,
     rng: list[dict[str, torch.Tensor]],
     keep_last: int,
     heads: dict[str, torch.nn.Module] | None = None,
+    weights: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write checkpoint `state.step` atomically, update `best`, prune. Returns its directory.
-    heads: the training-only modules by name, each saved as NAME.safetensors beside the model."""
+    heads: the training-only modules by name, each saved as NAME.safetensors beside the model.
+    FSDP: optimizer None (its state is already in the staging dir's shards/) and weights the
+    gathered state dicts by name ("model" and each head's name) instead of the modules' own."""
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_name(state.step)
-    tmp = root / f"{TMP_PREFIX}{final.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_pretrained(model, tmp)
+    tmp = staging_dir(run_dir, state.step, fresh=optimizer is not None)
+    weights = weights or {}
+    save_pretrained(model, tmp, weights.get("model"))
     for name, head in (heads or {}).items():
-        weights = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
-        save_file(weights, str(tmp / f"{name}.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
+        sd = weights.get(name) or head.state_dict()
+        save_file({k: v.detach().contiguous() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
     torch.save(rng, tmp / RNG_NAME)
     (tmp / STATE_NAME).write_text(json.dumps(asdict(state), indent=1))
     _fsync_dir(tmp)
@@ -117,6 +134,9 @@ def save(
 
 def _fsync_dir(path: Path) -> None:
     for f in [*path.iterdir(), path] if path.is_dir() else [path]:
+        if f.is_dir() and f != path:
+            _fsync_dir(f)
+            continue
         fd = os.open(f, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -153,11 +173,25 @@ def load_state(path: Path) -> TrainState:
     return TrainState(**json.loads((path / STATE_NAME).read_text()))
 
 
+def check_parallel(path: Path, sharded: bool) -> None:
+    """A checkpoint resumes with the parallelism that wrote it (shards/ only with fsdp)."""
+    if (Path(path) / SHARDS_NAME).is_dir() != sharded:
+        written, this = ("fsdp", "ddp") if not sharded else ("ddp", "fsdp")
+        raise CheckpointError(f"{path} was written with train.parallel {written}, this run uses {this}: "
+                              f"resume it with train.parallel {written}")
+
+
+def load_rng(path: Path) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG states, in rank order."""
+    return torch.load(Path(path) / RNG_NAME, map_location="cpu", weights_only=True)
+
+
 def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             heads: dict[str, torch.nn.Module] | None = None) -> tuple[TrainState, list]:
     """Load model, head and optimizer state from a checkpoint dir; returns its state and RNG states."""
     path = Path(path)
     state = load_state(path)
+    check_parallel(path, sharded=False)
     load_weights(model, read_weights(path / WEIGHTS_NAME), source=str(path / WEIGHTS_NAME))
     heads = heads or {}
     has_head = "object_head" in heads
@@ -169,5 +203,4 @@ def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     for name, head in heads.items():
         head.load_state_dict(read_weights(path / f"{name}.safetensors"))
     optimizer.load_state_dict(torch.load(path / OPTIMIZER_NAME, map_location="cpu", weights_only=True))
-    rng = torch.load(path / RNG_NAME, map_location="cpu", weights_only=True)
-    return state, rng
+    return state, load_rng(path)

@@ -26,6 +26,7 @@ from fvlm.errors import ConfigError
 
 SCHEDULES = ("cosine", "constant", "converging")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+PARALLEL = ("ddp", "fsdp")
 LOSSES = ("ce", "dpo")
 GROUPS = ("connector", "dino", "llm")
 INIT_PARTS = ("vision", "llm", "connector")  # model.init_parts: what trainer/build.py can load alone
@@ -102,6 +103,7 @@ class TrainConfig:
     grad_accum: int = 1
     modes: str | dict[str, float] = "coarse_fine"  # a mode, or {mode: probability} per batch
     dtype: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    parallel: str = "ddp"  # ddp (replicate the model) | fsdp (shard it: trainer/fsdp.py)
 
 
 @dataclass
@@ -437,6 +439,10 @@ def validate(cfg: Config) -> None:
         raise bad("train.modes", f"probabilities must sum to 1, got {sum(probs.values())}")
     if t.dtype not in DTYPES:
         raise bad("train.dtype", f"{t.dtype!r} is not one of {DTYPES}")
+    if t.parallel not in PARALLEL:
+        raise bad("train.parallel", f"{t.parallel!r} is not one of {PARALLEL}")
+    if t.parallel == "fsdp" and t.dtype == "fp16":
+        raise bad("train.dtype", "fp16 (a gradient scaler) is not supported with train.parallel fsdp; use bf16")
     if (t.total_samples is None) == (cfg.flops.budget is None):
         raise bad("train.total_samples", "set exactly one of train.total_samples and flops.budget")
     if t.total_samples is not None and t.total_samples < 1:

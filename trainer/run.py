@@ -4,10 +4,11 @@
     torchrun --nproc_per_node=N [--nnodes M --rdzv-endpoint HOST:PORT ...] -m trainer.run --config ...
 
 One optimizer step = grad_accum micro-batches per rank (DDP gradients sync on the last one only,
-`no_sync` before). The mode (coarse_fine / coarse_only / autoregressive) is drawn per step from
-train.modes with a generator fixed by (seed, step), the same on every rank. Checkpoints every
-checkpoint.every_steps, at every new best validation metric and at the end; the final model is
-saved to RUN/final in fvlm's save_pretrained format.
+`no_sync` before; train.parallel fsdp shards the model instead of replicating it: trainer/fsdp.py).
+The mode (coarse_fine / coarse_only / autoregressive) is drawn per step from train.modes with a
+generator fixed by (seed, step), the same on every rank. Checkpoints every checkpoint.every_steps,
+at every new best validation metric and at the end; the final model is saved to RUN/final in
+fvlm's save_pretrained format.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fvlm.errors import ConfigError, FVLMError
+from fvlm.hub import save_pretrained
 from fvlm.progress import Progress
 from fvlm.vlm import param_group
 
 from . import checkpoint as ckpt
 from . import dist as D
-from . import objectives
+from . import fsdp, objectives
 from .build import build_model, build_tokenizer, freeze, speedups
 from .config import Config, load_config, to_yaml
 from .data import Decoder, EvalStream, TrainStream, advance, expand_shards, loader, skipped_counts
@@ -112,6 +114,15 @@ def autocast_factory(cfg: Config, device: torch.device):
     return (lambda: torch.autocast(device.type, dtype=torch_dtype)), dtype
 
 
+def tied_names(module: torch.nn.Module) -> set[str]:
+    """Names not to save of parameters shared by several names (e.g. lm_head = embeddings): all but
+    the alphabetically first, the one safetensors' save_model keeps."""
+    names_of: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(p), []).append(name)
+    return {n for names in names_of.values() for n in sorted(names)[1:]}
+
+
 class Trainer:
     def __init__(self, cfg: Config, args: argparse.Namespace, dist: D.Dist):
         self.cfg, self.args, self.dist = cfg, args, dist
@@ -143,12 +154,21 @@ class Trainer:
         freeze(model, cfg)
         self.module = TrainModule(model, cfg.loss).to(dist.device)  # the model + training-only heads
         self.model, self.heads = self.module.model, self.module.heads
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.heads)
         self.autocast, dtype = autocast_factory(cfg, dist.device)
+        self.fsdp = cfg.train.parallel == "fsdp" and dist.enabled  # one process: nothing to shard
+        if self.fsdp:
+            self.aliases = tied_names(self.module)
+            fsdp.shard(self.module, dtype)  # before the optimizer: it must hold the sharded parameters
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.heads)
         self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
         self.state = ckpt.TrainState()
-        if self.resume_dir is not None:
+        if self.resume_dir is not None and self.fsdp:
+            ckpt.check_parallel(self.resume_dir, sharded=True)
+            fsdp.load_shards(self.module, self.optimizer, self.resume_dir / ckpt.SHARDS_NAME)
+            self.state, rng = ckpt.load_state(self.resume_dir), ckpt.load_rng(self.resume_dir)
+        elif self.resume_dir is not None:
             self.state, rng = ckpt.restore(self.resume_dir, self.model, self.optimizer, self.heads)
+        if self.resume_dir is not None:
             if len(rng) != dist.world:
                 raise ConfigError(
                     f"{self.resume_dir} was written by {len(rng)} processes, this run has "
@@ -245,7 +265,8 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         speedups(self.model, cfg)
         net: torch.nn.Module = self.module
-        if dist.enabled:  # unused: DINO (text-only batches), llm_to_query/q_init (coarse_only), LLM (stage 0)
+        # unused: DINO (text-only batches), llm_to_query/q_init (coarse_only), LLM (stage 0)
+        if dist.enabled and not self.fsdp:
             net = DDP(
                 net,
                 device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
@@ -305,14 +326,18 @@ class Trainer:
             for micro in range(accum):
                 tb = self._next_batch(batches, micro)
                 sync = not dist.enabled or micro == accum - 1
-                with contextlib.nullcontext() if sync else self.net.no_sync():
+                if self.fsdp:  # FSDP accumulates unsharded gradients until the last micro-batch
+                    self.net.set_requires_gradient_sync(sync)
+                with contextlib.nullcontext() if sync or self.fsdp else self.net.no_sync():
                     with self.autocast():
                         loss, parts = self._objective(tb, mode, measure=log_now)
                     self.scaler.scale(loss / accum).backward()
                 objectives.add(sums, {"loss": float(loss.detach()), "samples": tb.size,
                                       "text_batches": float(tb.kind == "text"), **parts})
+            if self.fsdp:
+                fsdp.drop_unused(trainable)
             self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip))
+            grad_norm = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip))
             lrs = set_lrs(self.optimizer, st.step, self.total_steps, cfg.optim)
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -391,13 +416,14 @@ class Trainer:
         return int(D.all_reduce_sum(self.dist, local)[0])
 
     def _evaluate(self) -> dict[str, Any]:
-        if self.cfg.stage == 0:
-            metrics = evaluate_objects(self.module, self._val_loader(), self.dist, self.autocast)
-        else:
-            heatmaps = self.run_dir / "heatmaps" / ckpt.step_name(self.state.step)
-            metrics = evaluate(
-                self.model, self.reference, self.cfg, self._val_loader(), self.dist, self.autocast, heatmaps
-            )
+        with fsdp.gathered(self.module) if self.fsdp else contextlib.nullcontext():
+            if self.cfg.stage == 0:
+                metrics = evaluate_objects(self.module, self._val_loader(), self.dist, self.autocast)
+            else:
+                heatmaps = self.run_dir / "heatmaps" / ckpt.step_name(self.state.step)
+                metrics = evaluate(
+                    self.model, self.reference, self.cfg, self._val_loader(), self.dist, self.autocast, heatmaps
+                )
         if self.dist.main:
             self.logger.log("eval", self.state.step, metrics)
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
@@ -421,17 +447,36 @@ class Trainer:
         if dist.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(dist.device)
         rngs = D.all_gather(dist, rng)
+        weights = {}
+        if self.fsdp:  # every rank writes its shards into the staging dir; rank 0 renames it when complete
+            if dist.main:
+                ckpt.staging_dir(self.run_dir, st.step)
+            D.barrier(dist)
+            staged = ckpt.staging_dir(self.run_dir, st.step, fresh=False)
+            fsdp.save_shards(self.module, self.optimizer, staged / ckpt.SHARDS_NAME)
+            weights = self._gathered()
         if dist.main:
-            ckpt.save(self.run_dir, self.model, self.optimizer, st, rngs, self.cfg.checkpoint.keep_last,
-                      heads=self.heads)
+            ckpt.save(self.run_dir, self.model, None if self.fsdp else self.optimizer, st, rngs,
+                      self.cfg.checkpoint.keep_last, heads=self.heads, weights=weights)
         D.barrier(dist)
+
+    def _gathered(self) -> dict[str, dict[str, torch.Tensor]]:
+        """FSDP: the full weights by part ("model", each head's name) on rank 0, {} on the others.
+        Every rank must call it. Tied weights are kept once, as save_pretrained keeps them."""
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in fsdp.full_weights(self.module).items():
+            if key not in self.aliases:
+                part, _, name = key.partition(".")
+                parts.setdefault(part, {})[name] = tensor
+        return parts
 
     def _finish(self, last_train: dict[str, Any], last_eval: dict[str, Any]) -> None:
         dist, st = self.dist, self.state
+        weights = self._gathered() if self.fsdp else {}
         if not dist.main:
             return
         final_dir = self.run_dir / "final"
-        self.model.save_pretrained(final_dir)  # the model alone: the heads are training-only
+        save_pretrained(self.model, final_dir, weights.get("model"))  # the model alone: heads are training-only
         best = {
             "metric": "val_dpo_loss" if self.dpo else "val_loss",
             "value": st.best_metric,
