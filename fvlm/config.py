@@ -125,11 +125,7 @@ class FVLMConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             raise ConfigError(f"{path} not found: is {directory} a saved fvlm model directory?")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from e
-        return cls.from_dict(d)
+        return cls.from_dict(read_json(path))
 
     # ---- derived ----------------------------------------------------------------------------
     def layer_index(self, num_layers: int) -> int | None:
@@ -152,3 +148,11 @@ def _is_layer_spec(s: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; invalid JSON is a ConfigError that names the file."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from e

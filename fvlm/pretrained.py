@@ -12,7 +12,6 @@ This module knows no model class: its callers pass one (`FoveatedVLM.from_pretra
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -23,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 
-from .config import CONFIG_NAME, FVLMConfig
+from .config import CONFIG_NAME, FVLMConfig, read_json
 from .errors import CheckpointError, ConfigError
 from .resolve import Source, resolve
 from .upstream import is_upstream, tensor_shapes, upstream_config
@@ -119,10 +118,7 @@ def checkpoint_format(directory: str | os.PathLike) -> str:
     config_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     raw = None
     if config_path.is_file():
-        try:
-            raw = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{config_path} is not valid JSON: {e}") from e
+        raw = read_json(config_path)
     if isinstance(raw, dict) and all(isinstance(raw.get(k), dict) and "model_type" in raw[k] for k in ("vision", "llm")):
         return "fvlm"
     if weights.is_file() and is_upstream(tensor_shapes(weights)):

@@ -17,13 +17,12 @@ Everything else in upstream's config.json is ignored (docs/hub.md lists what is 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
-from .config import CONFIG_NAME, FVLMConfig
+from .config import CONFIG_NAME, FVLMConfig, read_json
 from .errors import CheckpointError, ConfigError
 from .resolve import CONFIG_FILES, TOKENIZER_FILES, Source, resolve
 
@@ -88,10 +87,7 @@ def upstream_config(source: Source, shapes: dict[str, tuple[int, ...]]) -> tuple
     config_path = source.path / CONFIG_NAME
     raw = None
     if config_path.is_file():
-        try:
-            raw = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{config_path} is not valid JSON: {e}") from e
+        raw = read_json(config_path)
     fields = {**UPSTREAM_DEFAULTS, **read_fields(raw, str(config_path))}
     if fields.setdefault("query_dim", query_dim) != query_dim:
         raise CheckpointError(f"{config_path}: query_dim {fields['query_dim']} but the weights' q_static has "
