@@ -10,20 +10,14 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import torch
 from test_trainer_helpers import read_csv, read_keys, tiny_config, video_shards, write_config
 
 from trainer.run import main
 
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset reads http:// with curl")
+pytestmark = [pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset reads http:// with curl"),
+              pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Server:

@@ -32,14 +32,9 @@ from trainer.build import build_model, build_tokenizer
 from trainer.config import from_dict
 from trainer.run import main, pick_mode
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is several times faster than several."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 def test_tiny_config_loss_decreases_and_the_final_model_loads(tmp_path):
