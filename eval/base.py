@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from tqdm import tqdm
 
 from fvlm.errors import InputError, VideoError
+from fvlm.progress import Progress, track
 from fvlm.video import Clip
 
 from .errors import ERROR_RESPONSE, ErrorLog
@@ -59,7 +59,7 @@ class FrameModel(lmms):
         groups: dict[tuple, list[int]] = defaultdict(list)  # one generate() call per settings
         for i, q in enumerate(queries):
             groups[q.max_new_tokens, q.temperature, q.top_p].append(i)
-        with tqdm(total=len(queries), desc=f"{self.name} generate", disable=self.rank != 0) as bar:
+        with Progress(len(queries), f"{self.name} generate", unit="requests", disable=self.rank != 0) as bar:
             for idx in groups.values():
                 for chunk in batches(idx, self.batch_size):
                     for i, text in zip(chunk, self._generate([queries[i] for i in chunk])):
@@ -75,7 +75,7 @@ class FrameModel(lmms):
         usable request (index, clip, context, continuation)); the others are recorded as errors."""
         clip = ClipCache(self.clip)
         chunks = list(batches(list(range(len(requests))), self.batch_size))
-        for chunk in tqdm(chunks, desc=f"{self.name} loglikelihood", disable=self.rank != 0):
+        for chunk in track(chunks, f"{self.name} loglikelihood", unit="batches", disable=self.rank != 0):
             items = []
             for i in chunk:
                 context, continuation, doc_to_visual, doc_id, task, split = requests[i].args

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fvlm.config import MODES
+from fvlm.progress import track
 
 from .video_root import apply_video_root
 
@@ -110,7 +111,6 @@ def leaf_tasks(names: list[str], task_manager) -> list:
 def score_task(model, name: str, task, modes: list[str], limit: int | None) -> TaskResult:
     """Every (limited) doc of one lmms-eval task, in every mode."""
     from loguru import logger
-    from tqdm import tqdm
 
     from fvlm.errors import InputError, VideoError
 
@@ -119,7 +119,8 @@ def score_task(model, name: str, task, modes: list[str], limit: int | None) -> T
 
     result = TaskResult(name, {m: ModeResult() for m in modes})
     docs = task.eval_docs
-    for doc_id in tqdm(range(len(docs) if limit is None else min(limit, len(docs))), desc=f"mcq {name}"):
+    n = len(docs) if limit is None else min(limit, len(docs))
+    for doc_id in track(range(n), f"mcq {name}", unit="docs"):
         doc = docs[doc_id]
         item = mcq_item(doc)
         visuals = list(task.doc_to_visual(doc) or [])

@@ -29,10 +29,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Self
 
 import numpy as np
 import torch
+from typing_extensions import Self  # typing.Self needs Python 3.11
 
 from .errors import InputError, PromptTooLongError
 from .generation import FrameEvent

@@ -25,7 +25,9 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import IO, Self, TypeVar
+from typing import IO, TypeVar
+
+from typing_extensions import Self  # typing.Self needs Python 3.11
 
 T = TypeVar("T")
 

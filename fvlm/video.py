@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from typing_extensions import Self  # typing.Self needs Python 3.11
 
 from .errors import InputError, VideoDecodeError, VideoNotFoundError
 
@@ -593,7 +594,7 @@ class FrameStream:
         """Stop reading; the reader thread ends at its next frame (or when a stalled read returns)."""
         self._stop.set()
 
-    def __enter__(self) -> FrameStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fvlm.progress import track
+
 SHARD_PATTERN = "shard-{:06d}.tar"
 
 
@@ -151,8 +153,6 @@ def make_shards(
     progress: bool = True,
 ) -> dict:
     """Build the shards of a manifest; returns a summary (shards written/skipped, samples, errors)."""
-    from tqdm import tqdm
-
     manifest, out = Path(manifest), Path(out)
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest {manifest} not found")
@@ -170,7 +170,7 @@ def make_shards(
     results = pool.imap_unordered(write_shard, jobs) if pool else map(write_shard, jobs)
     try:
         with open(out / "errors.jsonl", "a") as log:
-            for res in tqdm(results, total=len(jobs), desc="shards", unit="shard", disable=not progress):
+            for res in track(results, "shards", total=len(jobs), unit="shards", disable=not progress):
                 if res.skipped_existing:
                     summary["skipped_shards"] += 1
                     continue

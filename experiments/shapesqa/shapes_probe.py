@@ -33,16 +33,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from fvlm.shapesqa.score import MIN_COVERAGE, box_mask, patch_coverage, read_index
+from fvlm.progress import track
 from fvlm.shapesqa.generate import COLORS, SHAPES
+from fvlm.shapesqa.score import MIN_COVERAGE, box_mask, patch_coverage, read_index
 
 PIXELS = 12  # side of the raw-pixel reference crop
 
@@ -61,8 +60,8 @@ def object_features(model, records: list[dict], progress: bool = True) -> dict:
     encoders = {k: e.to(model.device).eval() for k, e in encoders.items()}
     p = model.vision_model.config.patch_size
     out: dict[str, list] = {"trained": [], "random": [], "pixels": [], "shape": [], "color": [], "clip": []}
-    for ci, (video, r) in enumerate(tqdm(clips.items(), desc="probe features", disable=not progress,
-                                         file=sys.stderr)):
+    clip_items = track(clips.items(), "probe features", unit="clips", disable=not progress)
+    for ci, (video, r) in enumerate(clip_items):
         batch = model.collate([model.sample(model.clip(video), "-")], for_generation=True)
         px = batch.pixel_values[0].to(model.device, model.dtype)  # [T, 3, s, s]
         T, s = px.shape[0], px.shape[-1]
@@ -99,7 +98,7 @@ def token_features(model, records: list[dict], progress: bool = True) -> dict:
     records = [r for r in records if r["qtype"] in ("shape", "color") and r.get("target") is not None]
     clips = {v: i for i, v in enumerate(dict.fromkeys(r["video"] for r in records))}
     out: dict[str, list] = {"token_fine": [], "token_coarse": [], "shape": [], "color": [], "clip": []}
-    for r in tqdm(records, desc="probe tokens", disable=not progress, file=sys.stderr):
+    for r in track(records, "probe tokens", unit="questions", disable=not progress):
         batch = model.collate([model.sample(model.clip(r["video"]), r["question"])], for_generation=True)
         batch = batch.to(model.device)
         tokens = {k: model(batch, mode=mode, return_tokens=True).tokens.float().cpu().numpy()  # [T, D]
