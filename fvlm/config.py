@@ -35,6 +35,7 @@ class FVLMConfig:
     visual_scale: float = 0.14  # visual tokens are dino_to_llm(z) * visual_scale
     layout: str = "text_first"  # "text_first": question, then frames | "video_first": upstream
     deep_query: bool = True  # False = shallow query (ablation A1): one attention on final features
+    gaze_embedding: bool = False  # True: add an embedding of where the query looked to each token (fvlm/gaze.py)
     lambda_coarse: float = 0.0  # weight of the auxiliary coarse loss (it is always measurable)
     max_frames: int = 64
     fps: float = 1.0  # frame sampling rate
@@ -86,6 +87,11 @@ class FVLMConfig:
             raise bad("lambda_coarse", f"expected a number >= 0, got {self.lambda_coarse!r}")
         if not isinstance(self.deep_query, bool):
             raise bad("deep_query", f"expected true/false, got {self.deep_query!r}")
+        if not isinstance(self.gaze_embedding, bool):
+            raise bad("gaze_embedding", f"expected true/false, got {self.gaze_embedding!r}")
+        if self.gaze_embedding and (self.architecture != "foveated" or not self.deep_query):
+            raise bad("gaze_embedding", "needs the foveated architecture with the deep query (the gaze is "
+                      "read from the query's attention in the config.attention_map layer)")
         if self.attention_map not in ("last", "mean") and not _is_layer_spec(self.attention_map):
             raise bad("attention_map", f"use 'last', 'mean' or 'layer:<i>', got {self.attention_map!r}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3:

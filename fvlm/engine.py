@@ -25,7 +25,7 @@ Design.
   causal; a token always sees its own slot, so a row of pads cannot make NaNs); grouped-query heads
   are folded into the query rows instead of repeating K/V.
 - `frame_step`: query = llm_to_query(last) (q_init where no real slot precedes the frame) ->
-  the deep query (FoveatedEncoder.query_attend over the frame's K/V) -> the model's projection ->
+  the deep query over the frame's K/V and the projection into the LLM (FoveatedVLM.frame_tokens) ->
   one LLM token -> last. Under a graph its inputs are static buffers: each row's frame K/V (every
   layer) is copied in by one multi-tensor copy before the replay. Patches are encoded in batched
   passes (all frames in coarse modes; chunks of FRAME_CHUNK frames in autoregressive mode, each just
@@ -65,6 +65,7 @@ from .batch import Batch
 from .config import MODES
 from .encoder import PatchCache
 from .errors import InputError
+from .sequence import LLMInput
 from .vlm import Prefill
 
 SUPPORTED_LLMS = ("llama",)  # model_type of the LLM (SmolLM2 is llama)
@@ -200,8 +201,8 @@ def frame_step(
     real, has_prev = flags[0], flags[1]
     B = real.shape[0]
     q = torch.where(has_prev[:, None], model.llm_to_query(s.last), model.q_init.expand(B, -1))  # [B, qd]
-    z, probs = model.encoder.query_attend(q, PatchCache(kv=kv), with_probs, backend=backend)
-    token = model.project(z) * real[:, None]  # [B, d]; pads are zeros, as in the eager path
+    token, _, probs = model.frame_tokens(q, PatchCache(kv=kv), with_probs, backend=backend)
+    token = token * real[:, None]  # [B, d]; pads are zeros, as in the eager path
     s.last.copy_(llm_forward(model, s, token[:, None], real[:, None])[:, 0])
     return probs
 
@@ -415,22 +416,12 @@ class Engine:
         model = self.model
         if mode == "autoregressive":
             return self._autoregressive(batch, return_attention, on_step)
-        fm = batch.frame_mask
-        cache = model.encode_frames(batch)
-        vis_c, probs_c, _ = model.visual_embeddings(model.static_queries(cache.num_frames), cache, fm,
-                                                    return_attention)
-        probs = coarse = None
-        if mode == "coarse_fine":  # the coarse pass over [prefix, coarse tokens] in a scratch state
-            inp_c = model.llm_input(batch, vis_c, with_suffix=False)
-            scratch = self.acquire(batch.batch_size, bucket(inp_c.mask.shape[1]))
-            hidden_c = scratch.append(inp_c.embeds, inp_c.mask)
-            del scratch
-            vis, probs, _ = model.visual_embeddings(model.fine_queries(hidden_c, batch)[fm], cache, fm,
-                                                    return_attention)
-            coarse = probs_c
-        else:
-            vis, probs = vis_c, probs_c
-        inp = model.llm_input(batch, vis)
+
+        def scratch_pass(inp: LLMInput) -> torch.Tensor:  # coarse_fine's coarse pass, in a scratch state
+            return self.acquire(batch.batch_size, bucket(inp.mask.shape[1])).append(inp.embeds, inp.mask)
+
+        inp, probs, coarse = model.read_frames_coarse(batch, model.encode_frames(batch), mode, return_attention,
+                                                      scratch_pass)
         ec = self.acquire(batch.batch_size, bucket(inp.mask.shape[1]) + DECODE_ROOM)
         h = ec.append(inp.embeds, inp.mask)[:, -1]
         return self._result(ec, h, probs, coarse)

@@ -173,8 +173,7 @@ class LiveSession:
                 self._prefill()
             q = m.q_init if self._last is None else m.llm_to_query(self._last)  # [1, qd]
             patches = m.encoder.encode_patches(pixels)
-            z, probs = m.encoder.query_attend(q, patches, return_attention=True)  # [1, D], [1, L, H, N]
-            token = m.project(z)  # [1, d_llm]
+            token, _, probs = m.frame_tokens(q, patches, return_attention=True)  # [1, d_llm], [1, L, H, N]
             self._last = self._cache.append(token[:, None])[:, -1]
             self._tokens.append(token)
             index = self.frames_seen

@@ -25,6 +25,7 @@ from .config import FVLMConfig
 from .encoder import FoveatedEncoder, PatchCache
 from .engine import Engine
 from .errors import InputError
+from .gaze import GazeEmbedding, gaze_features
 from .live import LiveConfig, LiveSession
 from .sequence import LLMInput, assemble, positions
 from .vlm import LLMCache, Prefill, VLMBase, VLMOutput, hf_config
@@ -40,6 +41,7 @@ class FoveatedVLM(VLMBase):
         self.llm_to_query = nn.Linear(d_llm, config.query_dim)
         self.q_static = nn.Parameter(torch.randn(1, config.query_dim))  # std 1: foveation needs it
         self.q_init = nn.Parameter(torch.randn(1, config.query_dim))
+        self.gaze_embed = GazeEmbedding(d_llm) if config.gaze_embedding else None
         self._engine: Engine | None = None
 
     @property
@@ -81,12 +83,26 @@ class FoveatedVLM(VLMBase):
         out[frame_mask] = x
         return out
 
+    def frame_tokens(self, queries: torch.Tensor, cache: PatchCache, return_attention: bool,
+                     backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The one place a query becomes what the LLM reads. queries [n, qd], one per frame of `cache`
+        -> (LLM embeddings [n, d_llm], tokens z [n, D], attention probs [n, L, H, N] if asked).
+        With config.gaze_embedding the embedding also says where the query looked (fvlm/gaze.py)."""
+        gaze = self.gaze_embed is not None
+        z, probs = self.encoder.query_attend(queries, cache, return_attention or gaze, backend=backend)
+        emb = self.project(z)
+        if gaze:
+            where = gaze_features(probs, self.config.layer_index(probs.shape[1]),
+                                  self.encoder.grid(self.config.image_size))  # [n, 4]
+            emb = emb + self.gaze_embed(where.to(emb.dtype))
+        return emb, z, (probs if return_attention else None)
+
     def visual_embeddings(self, queries: torch.Tensor, cache: PatchCache, frame_mask: torch.Tensor,
                 return_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """queries [n_real, qd] -> visual embeddings [B, T, d_llm] (+ probs [n_real, L, H, N]),
         and the tokens z [n_real, D] they were projected from."""
-        z, probs = self.encoder.query_attend(queries, cache, return_attention)
-        return self.scatter_frames(self.project(z), frame_mask), probs, z
+        emb, z, probs = self.frame_tokens(queries, cache, return_attention)
+        return self.scatter_frames(emb, frame_mask), probs, z
 
     def static_queries(self, n: int) -> torch.Tensor:
         return self.q_static.expand(n, -1)
@@ -213,8 +229,8 @@ class FoveatedVLM(VLMBase):
             if last is not None:
                 has_prev = batch.prefix_mask[:, -1] if t == 0 else fm[:, t - 1]
                 q = torch.where(has_prev[:, None], self.llm_to_query(last), q)
-            z, p = self.encoder.query_attend(q[real], cache.select(row[real, t]), return_attention)
-            tokens.append(self.scatter_frames(self.project(z), real))  # [B, d]
+            emb, z, p = self.frame_tokens(q[real], cache.select(row[real, t]), return_attention)
+            tokens.append(self.scatter_frames(emb, real))  # [B, d]
             probs.append(p)
             zs.append(z)
             visual = torch.stack(tokens, dim=1)  # [B, t+1, d]
@@ -268,7 +284,6 @@ class FoveatedVLM(VLMBase):
         if self.use_engine(fast) and self.engine.serves(batch):  # static KV cache + CUDA graphs
             return self.engine.prefill(batch, mode, return_attention, on_step)
         cache = self.encode_frames(batch)
-        fm = batch.frame_mask
         if mode == "autoregressive":
             run = self.read_frames_autoregressive(batch, cache, return_attention, on_step=on_step)
             inp = run["input"]
@@ -278,17 +293,27 @@ class FoveatedVLM(VLMBase):
                 logits=self.llm.get_output_embeddings()(run["hidden"][:, -1]),
                 attention=run["attention"],
             )
+        inp, probs, coarse = self.read_frames_coarse(
+            batch, cache, mode, return_attention, lambda i: self.decoder(i.embeds, i.mask, i.position_ids))
+        pre = self.full_prefill(batch, inp)
+        pre.attention, pre.coarse_attention = probs, coarse
+        return pre
+
+    def read_frames_coarse(
+        self, batch: Batch, cache: PatchCache, mode: str, return_attention: bool,
+        llm_pass: Callable[[LLMInput], torch.Tensor],
+    ) -> tuple[LLMInput, torch.Tensor | None, torch.Tensor | None]:
+        """coarse_only / coarse_fine generation up to the LLM's whole input: (input, attention probs
+        [n_real, L, H, N] of the tokens in it, the coarse pass's probs in coarse_fine else None).
+        llm_pass(inp) -> final hidden states [B, L, d] of one LLM pass that keeps no cache (the coarse
+        pass over [prefix, coarse tokens]); the reference path and the engine each bring their own."""
+        fm = batch.frame_mask
         vis_c, probs_c, _ = self.visual_embeddings(self.static_queries(cache.num_frames), cache, fm, return_attention)
         if mode == "coarse_only":
-            pre = self.full_prefill(batch, self.llm_input(batch, vis_c))
-            pre.attention = probs_c
-            return pre
-        inp_c = self.llm_input(batch, vis_c, with_suffix=False)
-        hidden_c = self.decoder(inp_c.embeds, inp_c.mask, inp_c.position_ids)
+            return self.llm_input(batch, vis_c), probs_c, None
+        hidden_c = llm_pass(self.llm_input(batch, vis_c, with_suffix=False))
         vis_f, probs_f, _ = self.visual_embeddings(self.fine_queries(hidden_c, batch)[fm], cache, fm, return_attention)
-        pre = self.full_prefill(batch, self.llm_input(batch, vis_f))
-        pre.attention, pre.coarse_attention = probs_f, probs_c
-        return pre
+        return self.llm_input(batch, vis_f), probs_f, probs_c
 
     def attention_summary(self, probs: torch.Tensor) -> dict[str, np.ndarray]:
         """probs [n, L, H, N] -> per frame: `attention` [n, gh, gw] (the config.attention_map

@@ -33,9 +33,9 @@ def capture_queries(model):
     seen = []
     orig = model.encoder.query_attend
 
-    def hook(query, cache, return_attention=False):
+    def hook(query, cache, return_attention=False, backend=None):
         seen.append(query.detach().clone())
-        return orig(query, cache, return_attention)
+        return orig(query, cache, return_attention, backend=backend)
 
     model.encoder.query_attend = hook
     return seen

@@ -114,6 +114,7 @@ def test_gaze_loss_reaches_the_llm_that_makes_the_query(make_model, mode):
         ({"token_weight": 1.0}, {}, "set loss.object_weight > 0 too"),
         ({"token_weight": -1.0}, {}, "must be >= 0"),
         ({"token_weight": 1.0, "object_weight": 1.0}, {"modes": "coarse_only"}, "no question-steered token"),
+        ({"object_position": True}, {}, "set loss.object_weight > 0 too"),
     ],
 )
 def test_gaze_config_refusals(tmp_path, loss, train, message):
@@ -181,3 +182,23 @@ def test_training_with_gaze_and_token_supervision_logs_both(tmp_path):
         assert float(r["loss"]) == pytest.approx(float(r["loss_fine"]) + extra, rel=1e-4)  # all in the loss
     assert "gaze" in out.stdout and "token" in out.stdout
     assert load_pretrained(tmp_path / "run" / "final").architecture == "foveated"
+
+
+def test_gaze_embedding_and_position_supervision_train_from_a_model_without_them(tmp_path):
+    """init_from a model without a gaze embedding gives one that starts at zero; training moves it,
+    and loss.object_position logs where the object and the token's object are."""
+    shards = _shapes_shards(tmp_path / "shapes")
+    data = {"num_workers": 1, "shuffle_buffer": 4}
+    first = _at_32px(tiny_config(tmp_path / "plain", shards, steps=2, batch_size=2, data=data))
+    assert run_trainer(write_config(tmp_path / "plain.yaml", first)).returncode == 0
+    loss = {"gaze_weight": 1.0, "object_weight": 1.0, "token_weight": 1.0, "object_position": True}
+    raw = _at_32px(tiny_config(tmp_path / "run", shards, steps=4, batch_size=2, loss=loss, data=data))
+    raw["model"].update(init_from=str(tmp_path / "plain" / "final"), tokenizer=str(tmp_path / "plain" / "final"))
+    raw["model"]["fvlm"]["gaze_embedding"] = True
+    out = run_trainer(write_config(tmp_path / "run.yaml", raw))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "no gaze embedding: it starts fresh" in out.stdout
+    rows = [r for r in read_csv(tmp_path / "run" / "metrics.csv") if r["token_position_acc"]]
+    assert rows and all(0 <= float(r["object_position_acc"]) <= 1 for r in rows)
+    model = load_pretrained(tmp_path / "run" / "final")
+    assert model.config.gaze_embedding and model.gaze_embed.out.weight.abs().sum() > 0

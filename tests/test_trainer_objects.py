@@ -266,3 +266,26 @@ def test_init_parts_names_a_part_the_checkpoint_lacks(tmp_path):
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.dino.")}
     with pytest.raises(ConfigError, match="has no vision weights"):
         load_parts(model, sd, ["vision"], source="x")
+
+
+def test_position_cells_and_a_head_that_learns_where():
+    """loss.object_position: the box centre's cell on a POSITION_CELLS grid, learnt like shape and colour."""
+    from trainer.objects import POSITION_CELLS
+
+    head = ObjectHead(8, patch_size=8, image_size=32)
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [28.0, 0.0, 32.0, 6.0], [10.0, 20.0, 14.0, 30.0], [30.0, 30.0, 40.0, 40.0]])
+    assert head.cell(boxes).tolist() == [0, POSITION_CELLS - 1, 3 * POSITION_CELLS + 1, POSITION_CELLS**2 - 1]
+    torch.manual_seed(0)
+    where = torch.randn(POSITION_CELLS**2, 8) * 2  # each cell gives the token a direction
+    cells = torch.arange(64) % POSITION_CELLS**2
+    cx, cy = (cells % POSITION_CELLS + 0.5) * 8, (cells // POSITION_CELLS + 0.5) * 8
+    rows = torch.stack([cx - 2, cy - 2, cx + 2, cy + 2, torch.zeros(64), torch.zeros(64)], 1)
+    tokens = where[cells] + 0.1 * torch.randn(64, 8)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(150):
+        opt.zero_grad()
+        loss, stats = head.token_loss(tokens, rows)
+        loss.backward()
+        opt.step()
+    assert stats["position_acc"] == 1.0 and stats["shape_acc"] == 1.0
+    assert set(ObjectHead(8, 8).state_dict()) == {"shape.weight", "shape.bias", "color.weight", "color.bias"}

@@ -92,11 +92,21 @@ def build_model(cfg: Config, tokenizer) -> VLMBase:
                 "e.g. a previous stage's RUN/final or RUN/checkpoints/best, or a hub id)"
             )
         if m.init_parts is None:
-            load_weights(model, read_weights(weights), source=str(weights))
+            load_weights(model, with_new_gaze_embedding(model, read_weights(weights)), source=str(weights))
         else:
             load_parts(model, read_weights(weights), m.init_parts, source=str(weights))
     model.train()
     return model
+
+
+def with_new_gaze_embedding(model: VLMBase, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """init_from a model without a gaze embedding into one with it (model.fvlm.gaze_embedding: true):
+    the embedding keeps its fresh init, whose zero output layer leaves the loaded model unchanged."""
+    gaze = getattr(model, "gaze_embed", None)
+    if gaze is None or any(k.startswith("gaze_embed.") for k in sd):
+        return sd
+    print("init_from has no gaze embedding: it starts fresh (adds nothing until trained)")
+    return {**{f"gaze_embed.{k}": v for k, v in gaze.state_dict().items()}, **sd}
 
 
 # where each part's weights sit in a saved FoveatedVLM / MultiTokenVLM

@@ -201,6 +201,7 @@ def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
             "resume it with the same loss.object_weight setting"
         )
     for name, head in heads.items():
-        head.load_state_dict(read_weights(path / f"{name}.safetensors"))
+        source = f"{path / name}.safetensors (resume with the loss settings of the run that wrote it)"
+        load_weights(head, read_weights(path / f"{name}.safetensors"), source=source)
     optimizer.load_state_dict(torch.load(path / OPTIMIZER_NAME, map_location="cpu", weights_only=True))
     return state, load_rng(path)

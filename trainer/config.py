@@ -113,6 +113,7 @@ class LossConfig:
     object_weight: float = 0.0  # > 0: object supervision of the encoder (trainer/objects.py)
     gaze_weight: float = 0.0  # > 0: pull the fine query's attention onto the asked-about object (trainer/gaze.py)
     token_weight: float = 0.0  # > 0: the token must name the asked-about object (trainer/objects.py)
+    object_position: bool = False  # the object (and token) loss also names where the object is (trainer/objects.py)
 
 
 @dataclass
@@ -462,6 +463,9 @@ def validate(cfg: Config) -> None:
     if cfg.loss.gaze_weight > 0 and set(cfg.mode_probs) == {"coarse_only"}:
         raise bad("loss.gaze_weight", "coarse_only training has no query to steer (the static query sees "
                   "no question); train coarse_fine or autoregressive, or set it to 0")
+    if cfg.loss.object_position and cfg.loss.object_weight <= 0:
+        raise bad("loss.object_position", "position is a third class of the object head: set "
+                  "loss.object_weight > 0 too")
     if cfg.loss.token_weight < 0:
         raise bad("loss.token_weight", f"{cfg.loss.token_weight} must be >= 0")
     if cfg.loss.token_weight > 0 and cfg.loss.object_weight <= 0:

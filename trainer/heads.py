@@ -43,8 +43,9 @@ class TrainModule(nn.Module):
         self.weights = loss
         vision = model.config.vision
         self.patch = vision["patch_size"]
-        self.object_head = ObjectHead(vision["hidden_size"], self.patch) if loss.object_weight > 0 else None
-        if loss.gaze_weight > 0:  # foveated only (config.validate)
+        where = model.config.image_size if loss.object_position else None
+        self.object_head = ObjectHead(vision["hidden_size"], self.patch, where) if loss.object_weight > 0 else None
+        if loss.gaze_weight > 0 or getattr(model.config, "gaze_embedding", False):  # foveated only
             model.encoder.attention_backend = "torch"  # the Triton kernel gives no gradient through probs
 
     @property

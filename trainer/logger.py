@@ -44,11 +44,13 @@ COLUMNS = [
     "loss_objects",
     "object_shape_acc",
     "object_color_acc",
+    "object_position_acc",
     "loss_gaze",
     "gaze_mass",
     "loss_token",
     "token_shape_acc",
     "token_color_acc",
+    "token_position_acc",
     "dpo_reward_acc",
     "dpo_margin",
     "dpo_chosen_reward",
@@ -162,13 +164,15 @@ def line(step: int, total: int, m: dict[str, Any]) -> str:
     if m.get("loss_coarse") is not None:
         parts.append(f"fine {m['loss_fine']:.4f} coarse {m['loss_coarse']:.4f} ratio {m['loss_ratio']:.3f}")
     if m.get("loss_objects") is not None:
+        where = f" where {m['object_position_acc']:.2f}" if m.get("object_position_acc") is not None else ""
         parts.append(f"objects {m['loss_objects']:.3f} (shape {m['object_shape_acc']:.2f} "
-                     f"colour {m['object_color_acc']:.2f})")
+                     f"colour {m['object_color_acc']:.2f}{where})")
     if m.get("loss_gaze") is not None:
         parts.append(f"gaze {m['loss_gaze']:.3f} (mass {m['gaze_mass']:.2f})")
     if m.get("loss_token") is not None:
+        where = f" where {m['token_position_acc']:.2f}" if m.get("token_position_acc") is not None else ""
         parts.append(f"token {m['loss_token']:.3f} (shape {m['token_shape_acc']:.2f} "
-                     f"colour {m['token_color_acc']:.2f})")
+                     f"colour {m['token_color_acc']:.2f}{where})")
     if m.get("dpo_reward_acc") is not None:
         parts.append(f"reward acc {m['dpo_reward_acc']:.2f} margin {m['dpo_margin']:.3f}")
     lrs = " ".join(

@@ -27,9 +27,9 @@ Sums = dict[str, float]
 DPO = ("dpo_reward_acc", "dpo_margin", "dpo_chosen_reward", "dpo_rejected_reward")  # means over micro-batches
 AVERAGED = {  # metrics averaged over the micro-batches that had the term, by the name of their count
     "coarse_batches": ("loss_coarse",),
-    "objects_batches": ("loss_objects", "object_shape_acc", "object_color_acc"),
+    "objects_batches": ("loss_objects", "object_shape_acc", "object_color_acc", "object_position_acc"),
     "gaze_batches": ("loss_gaze", "gaze_mass"),
-    "token_batches": ("loss_token", "token_shape_acc", "token_color_acc"),
+    "token_batches": ("loss_token", "token_shape_acc", "token_color_acc", "token_position_acc"),
 }
 
 
@@ -41,12 +41,16 @@ def sum_names(cfg: Config) -> list[str]:
         return names + list(DPO)
     if cfg.stage > 0:
         names += ["loss_fine", "loss_coarse", "coarse_batches"]
+
+    def averaged(count: str) -> list[str]:  # the position accuracies only with loss.object_position
+        return [n for n in AVERAGED[count] if cfg.loss.object_position or "position" not in n]
+
     if cfg.loss.object_weight > 0:
-        names += [*AVERAGED["objects_batches"], "objects_batches"]
+        names += [*averaged("objects_batches"), "objects_batches"]
     if cfg.loss.gaze_weight > 0:
-        names += [*AVERAGED["gaze_batches"], "gaze_batches"]
+        names += [*averaged("gaze_batches"), "gaze_batches"]
     if cfg.loss.token_weight > 0:
-        names += [*AVERAGED["token_batches"], "token_batches"]
+        names += [*averaged("token_batches"), "token_batches"]
     return names
 
 
@@ -65,7 +69,7 @@ def metrics(sums: Sums, n: int, stage: int) -> dict[str, float]:
         m["loss_fine"] = sums["loss_fine"] / n
     for count, names in AVERAGED.items():
         if sums.get(count):
-            m.update({k: sums[k] / sums[count] for k in names})
+            m.update({k: sums[k] / sums[count] for k in names if k in sums})
             if count == "coarse_batches":
                 m["loss_ratio"] = m["loss_fine"] / m["loss_coarse"]
     return m
@@ -110,8 +114,8 @@ def object_term(head: ObjectHead, features: torch.Tensor, targets: torch.Tensor,
     loss = weight * head(features, targets)
     if not head.stats.get("objects"):
         return loss, {}
-    return loss, {"loss_objects": float(loss.detach()), "object_shape_acc": head.stats["shape_acc"],
-                  "object_color_acc": head.stats["color_acc"], "objects_batches": 1.0}
+    accs = {f"object_{k}": v for k, v in head.stats.items() if k.endswith("_acc")}
+    return loss, {"loss_objects": float(loss.detach()), **accs, "objects_batches": 1.0}
 
 
 def gaze_term(attention: torch.Tensor, rows: torch.Tensor, patch: int, weight: float
@@ -131,5 +135,5 @@ def token_term(head: ObjectHead, tokens: torch.Tensor, rows: torch.Tensor, weigh
     t, stats = head.token_loss(tokens, rows)
     if not stats["frames"]:
         return weight * t, {}
-    return weight * t, {"loss_token": float(t.detach()), "token_shape_acc": stats["shape_acc"],
-                        "token_color_acc": stats["color_acc"], "token_batches": 1.0}
+    accs = {f"token_{k}": v for k, v in stats.items() if k.endswith("_acc")}
+    return weight * t, {"loss_token": float(t.detach()), **accs, "token_batches": 1.0}

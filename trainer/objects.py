@@ -17,6 +17,11 @@ this asks the query and its read-out to carry the asked-about object, in the sam
 
     tokens z [n, D] --> shape / colour logits      loss = token_weight * (CE(shape) + CE(colour)) / 2
 
+With `loss.object_position` both losses get a third classifier, where the object is: the cell of its
+box centre on a POSITION_CELLS x POSITION_CELLS grid over the model input (the mean of three
+cross-entropies then). A token is a weighted mix of patch values, so it carries where the object is
+only if the values do; this asks the encoder and the query to keep it.
+
 The boxes, shapes and colours come from the sample's JSON (ShapesQA writes `boxes`, `visible` and
 `objects`, see fvlm/shapesqa/generate.py). The head is trained with the connector group and is never part
 of the saved model (RUN/final); checkpoints carry it so that a resume is exact.
@@ -34,6 +39,7 @@ from fvlm.shapesqa.generate import COLORS, SHAPES
 
 COLOR_NAMES = tuple(COLORS)
 FIELDS = 6  # x0, y0, x1, y1 (model-input pixels), shape id, colour id; shape id -1 = no object
+POSITION_CELLS = 4  # loss.object_position: the box centre's cell on a 4 x 4 grid (16 classes)
 
 
 class ObjectLabelError(ValueError):
@@ -81,13 +87,16 @@ def collate_targets(rows: list[np.ndarray | None], frames: int) -> torch.Tensor:
 
 
 class ObjectHead(nn.Module):
-    """Linear shape and colour classifiers on box-pooled final patch features."""
+    """Linear shape and colour (and, with image_size given, position) classifiers on box-pooled
+    final patch features and on visual tokens."""
 
-    def __init__(self, dim: int, patch_size: int):
+    def __init__(self, dim: int, patch_size: int, image_size: int | None = None):
         super().__init__()
         self.patch_size = patch_size
+        self.image_size = image_size
         self.shape = nn.Linear(dim, len(SHAPES))
         self.color = nn.Linear(dim, len(COLOR_NAMES))
+        self.position = None if image_size is None else nn.Linear(dim, POSITION_CELLS**2)
         self.stats: dict[str, float] = {}  # the last call's accuracies and object count (for logs)
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -112,17 +121,23 @@ class ObjectHead(nn.Module):
         return loss
 
     def _classify(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """x [M, D] against rows [M, 6] (shape id, colour id in columns 4, 5) -> (mean of the two
-        cross-entropies, their accuracies)."""
-        shape_logits, color_logits = self.shape(x), self.color(x)
-        shape_y, color_y = rows[:, 4].long(), rows[:, 5].long()
-        loss = (F.cross_entropy(shape_logits, shape_y) + F.cross_entropy(color_logits, color_y)) / 2
-        with torch.no_grad():
-            acc = {
-                "shape_acc": float((shape_logits.argmax(1) == shape_y).float().mean()),
-                "color_acc": float((color_logits.argmax(1) == color_y).float().mean()),
-            }
-        return loss, acc
+        """x [M, D] against rows [M, 6] (box in columns 0-3, shape id, colour id in 4, 5) -> (mean of
+        the cross-entropies, their accuracies)."""
+        heads = {"shape": (self.shape, rows[:, 4].long()), "color": (self.color, rows[:, 5].long())}
+        if self.position is not None:
+            heads["position"] = (self.position, self.cell(rows[:, :4]))
+        losses, acc = [], {}
+        for name, (head, y) in heads.items():
+            logits = head(x)
+            losses.append(F.cross_entropy(logits, y))
+            acc[f"{name}_acc"] = float((logits.detach().argmax(1) == y).float().mean())
+        return sum(losses) / len(losses), acc
+
+    def cell(self, boxes: torch.Tensor) -> torch.Tensor:
+        """boxes [M, 4] (x0, y0, x1, y1 in model-input pixels) -> the centre's grid cell [M], row-major."""
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # [M, 2] (x, y)
+        ij = (centre / self.image_size * POSITION_CELLS).floor().long().clamp(0, POSITION_CELLS - 1)
+        return ij[:, 1] * POSITION_CELLS + ij[:, 0]
 
     def token_loss(self, tokens: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """tokens [n, D] of the real frames, rows [n, 6] the asked-about object's row per frame
