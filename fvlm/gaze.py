@@ -8,7 +8,7 @@ frame's token before the LLM:
 
     probs [n, L, H, N] --(config.attention_map layer, head mean, CLS dropped)--> p [n, gh*gw]
     gaze  [n, 4] = (mean x, mean y, spread x, spread y) of p, in [-1, 1] frame coordinates
-    token [n, d_llm] += mlp(gaze)          (last layer zero at init: a new model starts unchanged)
+    token [n, d_llm] += mlp(gaze)
 
 No extra tokens and almost no compute; "which way does it move" becomes the difference between two
 frames' gaze positions, "where is it" the last one's. Gradients flow through the probabilities into
@@ -44,11 +44,13 @@ def gaze_features(probs: torch.Tensor, layer: int | None, grid: tuple[int, int])
 class GazeEmbedding(nn.Module):
     """gaze [n, 4] -> an embedding [n, d_llm] to add to the frame's visual token."""
 
-    def __init__(self, d_llm: int, hidden: int = 64):
+    def __init__(self, d_llm: int, hidden: int = 64, init_std: float = 0.02):
         super().__init__()
         self.inp = nn.Linear(FEATURES, hidden)
         self.out = nn.Linear(hidden, d_llm)
-        nn.init.zeros_(self.out.weight)  # adds nothing until trained
+        # small but not zero: with a zero output layer the LLM never sees the gaze vary at the start,
+        # so neither side has a reason to begin using it
+        nn.init.normal_(self.out.weight, std=init_std)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, gaze: torch.Tensor) -> torch.Tensor:

