@@ -45,7 +45,7 @@ class TrainModule(nn.Module):
         self.patch = vision["patch_size"]
         where = model.config.image_size if loss.object_position else None
         self.object_head = ObjectHead(vision["hidden_size"], self.patch, where) if loss.object_weight > 0 else None
-        if loss.gaze_weight > 0 or getattr(model.config, "gaze_embedding", False):  # foveated only
+        if loss.gaze_weight > 0 or model.config.gaze_embedding:  # foveated only (config.validate)
             model.encoder.attention_backend = "torch"  # the Triton kernel gives no gradient through probs
 
     @property

@@ -31,6 +31,7 @@ AVERAGED = {  # metrics averaged over the micro-batches that had the term, by th
     "gaze_batches": ("loss_gaze", "gaze_mass"),
     "token_batches": ("loss_token", "token_shape_acc", "token_color_acc", "token_position_acc"),
 }
+POSITION = ("object_position_acc", "token_position_acc")  # reported only with loss.object_position
 
 
 def sum_names(cfg: Config) -> list[str]:
@@ -41,16 +42,14 @@ def sum_names(cfg: Config) -> list[str]:
         return names + list(DPO)
     if cfg.stage > 0:
         names += ["loss_fine", "loss_coarse", "coarse_batches"]
-
-    def averaged(count: str) -> list[str]:  # the position accuracies only with loss.object_position
-        return [n for n in AVERAGED[count] if cfg.loss.object_position or "position" not in n]
-
+    skip = () if cfg.loss.object_position else POSITION
+    averaged = {count: [n for n in terms if n not in skip] for count, terms in AVERAGED.items()}
     if cfg.loss.object_weight > 0:
-        names += [*averaged("objects_batches"), "objects_batches"]
+        names += [*averaged["objects_batches"], "objects_batches"]
     if cfg.loss.gaze_weight > 0:
-        names += [*averaged("gaze_batches"), "gaze_batches"]
+        names += [*averaged["gaze_batches"], "gaze_batches"]
     if cfg.loss.token_weight > 0:
-        names += [*averaged("token_batches"), "token_batches"]
+        names += [*averaged["token_batches"], "token_batches"]
     return names
 
 
