@@ -5,9 +5,10 @@ way"):
 
 - `gaze`: for every motion / position question of the index, the 8 frames' gaze numbers of the
   model's attention map (centre x, y and spread x, y, fvlm.gaze.gaze_features; the last frame
-  repeated when a clip has fewer), and a linear classifier of the answer from them, fitted on the
-  first half of the questions and scored on the second. High accuracy: the query looks at the object
-  and "where" can be read from where it looked.
+  repeated when a clip has fewer), and linear classifiers of the answer, fitted on the first half of
+  the questions and scored on the second: from all 32 numbers, from their mean over the frames and
+  from the mean frame-to-frame change. High accuracy: the query looks at the object and "where" can
+  be read from where it looked.
 - `llm`: the attention of the LLM position that predicts the answer onto the visual tokens, per
   LLM layer (head mean), per question type, in coarse_fine. Low mass for a question type: the LLM
   answers it without looking at the frames.
@@ -52,25 +53,38 @@ def gaze_probe(model, index: str, mode: str) -> dict[str, dict[str, float]]:
         feats.append(g.flatten())
         answers.append(r["answer"])
         qtypes.append(r["qtype"])
-    x_all = torch.stack(feats)  # [Q, 32]
+    g_all = torch.stack(feats).view(-1, FRAMES, 4)  # [Q, 8, 4]
+    readouts = {  # what each read-out sees of the 8 frames' gaze
+        "all_frames": g_all.flatten(1),  # all 32 numbers
+        "frame_mean": g_all.mean(1),  # [Q, 4]: what an even look over per-frame embeddings gets
+        "step_mean": (g_all[:, 1:] - g_all[:, :-1]).mean(1),  # [Q, 4]: the mean frame-to-frame change
+    }
     report = {}
     for q in ("motion", "position"):
         idx = [i for i, t in enumerate(qtypes) if t == q]
         labels = sorted({answers[i] for i in idx})
         y = torch.tensor([labels.index(answers[i]) for i in idx])
-        x, h = x_all[idx], len(idx) // 2
-        w = torch.zeros(x.shape[1], len(labels), requires_grad=True)
-        b = torch.zeros(len(labels), requires_grad=True)
-        opt = torch.optim.Adam([w, b], lr=0.05)
-        for _ in range(500):
-            opt.zero_grad()
-            (F.cross_entropy(x[:h] @ w + b, y[:h]) + 1e-3 * w.pow(2).sum()).backward()
-            opt.step()
-        with torch.no_grad():
-            acc = float(((x[h:] @ w + b).argmax(1) == y[h:]).float().mean())
+        h = len(idx) // 2
         majority = max(float((y[h:] == k).float().mean()) for k in range(len(labels)))
-        report[q] = {"probe": acc, "majority": majority, "held_out": len(idx) - h, "fit": h}
+        report[q] = {"majority": majority, "held_out": len(idx) - h, "fit": h}
+        for name, x_all in readouts.items():
+            report[q][name] = linear_probe(x_all[idx], y, h, len(labels))
     return report
+
+
+def linear_probe(x: torch.Tensor, y: torch.Tensor, h: int, classes: int) -> float:
+    """Accuracy on x[h:] of a linear classifier fitted on x[:h] (features standardised on the fit half)."""
+    mu, sd = x[:h].mean(0), x[:h].std(0).clamp_min(1e-6)
+    x = (x - mu) / sd
+    w = torch.zeros(x.shape[1], classes, requires_grad=True)
+    b = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    for _ in range(500):
+        opt.zero_grad()
+        (F.cross_entropy(x[:h] @ w + b, y[:h]) + 1e-3 * w.pow(2).sum()).backward()
+        opt.step()
+    with torch.no_grad():
+        return float(((x[h:] @ w + b).argmax(1) == y[h:]).float().mean())
 
 
 def llm_visual_attention(model, index: str, per_type: int) -> dict[str, list[float]]:
@@ -112,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         for mode in args.modes.split(","):
             report[f"gaze/{mode}"] = r = gaze_probe(model, args.gaze_index, mode)
             for q, v in r.items():
-                print(f"gaze probe, {mode:14s} {q:8s}: {v['probe']:.1%} on {v['held_out']} held out "
+                print(f"gaze probe, {mode:14s} {q:8s}: all frames {v['all_frames']:.1%}, frame mean "
+                      f"{v['frame_mean']:.1%}, step mean {v['step_mean']:.1%} on {v['held_out']} held out "
                       f"(fit on {v['fit']}); majority {v['majority']:.1%}")
     if args.llm_index:
         report["llm_visual_attention"] = r = llm_visual_attention(model, args.llm_index, args.per_type)
