@@ -21,7 +21,8 @@ Design.
   mask construction is not written for capture, and its step launches ~1,500 kernels; this one
   ~700 for a whole frame step at full size (RMSNorm as torch's fused op; the rotary embedding as one
   small matmul with a per-position rotation matrix; o_proj and down_proj add their residual inside
-  the GEMM). Attention: SDPA over all C slots with an additive mask built once per call (valid and
+  the GEMM; with fuse (the default on CUDA) q/k/v and gate/up are one GEMM each and q and k share
+  one rotary matmul, see `Fused`). Attention: SDPA over all C slots with an additive mask built once per call (valid and
   causal; a token always sees its own slot, so a row of pads cannot make NaNs); grouped-query heads
   are folded into the query rows instead of repeating K/V.
 - `frame_step`: query = llm_to_query(last) (q_init where no real slot precedes the frame) ->
@@ -39,7 +40,7 @@ Design.
   frame slot is a masked zero token). Text blocks longer than MAX_GRAPH_TOKENS run without a graph;
   if a capture fails, a warning says so and the engine continues without graphs.
 
-Options: `Engine(model, graphs=True, compile=False)`. Graphs are used on CUDA only; on CPU (or with
+Options: `Engine(model, graphs=True, compile=False, fuse=None)`. Graphs are used on CUDA only; on CPU (or with
 graphs=False) the same static-slot functions run eagerly, which is what the CPU tests compare with
 the reference. compile=True runs the frame step and the one-token step through torch.compile first
 (the first call compiles for a minute or so). Which path a call takes (the engine or the reference
@@ -103,8 +104,9 @@ def skipped(model: torch.nn.Module, batch: Batch) -> str | None:
 
 
 def fingerprint(model: torch.nn.Module) -> tuple:
-    """Where the weights live: an engine built for other storage (after .to(), .double()) is stale."""
-    return tuple(p.data_ptr() for p in model.parameters()) + (next(model.parameters()).dtype,)
+    """Where the weights live and how often they were written in place: an engine built for other
+    storage (after .to(), .double()) or older values (load_state_dict, an optimizer step) is stale."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters()) + (next(model.parameters()).dtype,)
 
 
 def bucket(n: int) -> int:
@@ -135,6 +137,33 @@ def new_slots(model: torch.nn.Module, B: int, C: int) -> Slots:
     )
 
 
+class Fused(NamedTuple):
+    """One LLM layer's projections that read the same input, stacked so that each group is one GEMM
+    (a copy of the weights, made when the engine is built; the engine is rebuilt when they change)."""
+
+    qkv: torch.Tensor  # [(H + 2 * Hkv) * hd, d]: q_proj, k_proj, v_proj weights
+    qkv_bias: torch.Tensor | None  # [(H + 2 * Hkv) * hd] (attention_bias models), else None
+    gate_up: torch.Tensor  # [2 * I, d]: gate_proj, up_proj weights
+    gate_up_bias: torch.Tensor | None  # [2 * I] (mlp_bias models), else None
+
+
+@torch.no_grad()
+@torch.inference_mode(False)
+def fuse_projections(model: torch.nn.Module) -> list[Fused]:
+    """Per LLM layer, the q/k/v and the gate/up weights stacked (fvlm.engine.Fused)."""
+    def stack(*linears: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = torch.cat([lin.weight for lin in linears])
+        if all(lin.bias is None for lin in linears):
+            return weight, None
+        return weight, torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias
+                                  for lin in linears])
+
+    dec = model.llm.get_decoder()
+    return [Fused(*stack(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                  *stack(layer.mlp.gate_proj, layer.mlp.up_proj))
+            for layer in dec.layers[: model.llm.config.num_hidden_layers]]
+
+
 def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """An HF RMSNorm module (weight, variance_epsilon) as one fused op; same value in fp32,
     within one rounding of transformers' fp32-upcast version in bf16."""
@@ -159,8 +188,10 @@ def _add_linear(h: torch.Tensor, linear: torch.nn.Linear, y: torch.Tensor) -> to
     return torch.addmm(h.reshape(-1, h.shape[-1]), y.reshape(-1, y.shape[-1]), linear.weight.t()).view(h.shape)
 
 
-def llm_forward(model: torch.nn.Module, s: Slots, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """l new tokens x [B, l, d] (real [B, l] bool) into slots col..col+l-1 -> final hidden [B, l, d]."""
+def llm_forward(model: torch.nn.Module, fused: list[Fused] | None, s: Slots, x: torch.Tensor,
+                real: torch.Tensor) -> torch.Tensor:
+    """l new tokens x [B, l, d] (real [B, l] bool) into slots col..col+l-1 -> final hidden [B, l, d].
+    fused: fuse_projections(model) (q/k/v and gate/up as one GEMM each), or None (the modules' own)."""
     dec = model.llm.get_decoder()
     cfg = model.llm.config
     B, l, _ = x.shape
@@ -178,23 +209,34 @@ def llm_forward(model: torch.nn.Module, s: Slots, x: torch.Tensor, real: torch.T
     for i, layer in enumerate(dec.layers[: cfg.num_hidden_layers]):
         att, mlp = layer.self_attn, layer.mlp
         y = _rms_norm(layer.input_layernorm, h)
-        q = (att.q_proj(y).view(B, l, H, hd) @ rot).transpose(1, 2)  # [B, H, l, hd]
-        s.k[i].index_copy_(2, slot, (att.k_proj(y).view(B, l, Hkv, hd) @ rot).transpose(1, 2))
-        s.v[i].index_copy_(2, slot, att.v_proj(y).view(B, l, Hkv, hd).transpose(1, 2))
+        if fused is None:
+            q, k, v = att.q_proj(y), att.k_proj(y), att.v_proj(y)
+            q, k = q.view(B, l, H, hd) @ rot, k.view(B, l, Hkv, hd) @ rot  # [B, l, H | Hkv, hd]
+        else:  # one GEMM for q, k, v and one rotary matmul for q and k together
+            qkv = F.linear(y, fused[i].qkv, fused[i].qkv_bias)  # [B, l, (H + 2 * Hkv) * hd]
+            q, k = (qkv[..., : (H + Hkv) * hd].view(B, l, H + Hkv, hd) @ rot).split([H, Hkv], 2)
+            v = qkv[..., (H + Hkv) * hd :]  # [B, l, Hkv * hd]
+        q = q.transpose(1, 2)  # [B, H, l, hd]
+        s.k[i].index_copy_(2, slot, k.transpose(1, 2))
+        s.v[i].index_copy_(2, slot, v.reshape(B, l, Hkv, hd).transpose(1, 2))
         o = F.scaled_dot_product_attention(q.reshape(B, Hkv, G * l, hd), s.k[i], s.v[i], attn_mask=bias,
                                            scale=att.scaling)  # [B, Hkv, G*l, hd]
         # reshape, not view: CUDA's SDPA kernels may return o in a layout where [B, Hkv, G*l] is not one run
         h = _add_linear(h, att.o_proj, o.reshape(B, H, l, hd).transpose(1, 2).reshape(B, l, H * hd))
         y = _rms_norm(layer.post_attention_layernorm, h)
-        h = _add_linear(h, mlp.down_proj, mlp.act_fn(mlp.gate_proj(y)) * mlp.up_proj(y))
+        if fused is None:
+            gate, up = mlp.gate_proj(y), mlp.up_proj(y)
+        else:
+            gate, up = F.linear(y, fused[i].gate_up, fused[i].gate_up_bias).chunk(2, -1)  # [B, l, I] each
+        h = _add_linear(h, mlp.down_proj, mlp.act_fn(gate) * up)
     s.col.add_(l)
     s.count.add_(real.sum(1))
     return _rms_norm(dec.norm, h)
 
 
 def frame_step(
-    model: torch.nn.Module, s: Slots, kv: list[tuple[torch.Tensor, torch.Tensor]], flags: torch.Tensor,
-    with_probs: bool, backend: str | None,
+    model: torch.nn.Module, fused: list[Fused] | None, s: Slots, kv: list[tuple[torch.Tensor, torch.Tensor]],
+    flags: torch.Tensor, with_probs: bool, backend: str | None,
 ) -> torch.Tensor | None:
     """One frame for every row. kv: per DINO layer (k, v) [B, N, D] of each row's frame; flags [2, B]
     bool: (the frame is real, a real slot precedes it). Appends one token; returns probs [B, L, H, N]."""
@@ -203,7 +245,7 @@ def frame_step(
     q = torch.where(has_prev[:, None], model.llm_to_query(s.last), model.q_init.expand(B, -1))  # [B, qd]
     token, _, probs = model.frame_tokens(q, PatchCache(kv=kv), with_probs, backend=backend)
     token = token * real[:, None]  # [B, d]; pads are zeros, as in the eager path
-    s.last.copy_(llm_forward(model, s, token[:, None], real[:, None])[:, 0])
+    s.last.copy_(llm_forward(model, fused, s, token[:, None], real[:, None])[:, 0])
     return probs
 
 
@@ -288,23 +330,30 @@ class Engine:
 
     max_length: slots each new state starts with (rounded up to SLOT_MULTIPLE; a state grows when a
     prompt or decoding needs more); max_states: states kept at once (one per concurrent prefill and
-    batch size). graphs: capture CUDA graphs (CUDA only; elsewhere the same functions run eagerly)."""
+    batch size). graphs: capture CUDA graphs (CUDA only; elsewhere the same functions run eagerly).
+    fuse: run q/k/v and gate/up as one GEMM each, from a copy of those weights (fuse_projections);
+    None (the default): on CUDA, where a token's time is its kernel launches, not on CPU, where it
+    saves nothing measurable and the copy costs memory."""
 
     def __init__(self, model: torch.nn.Module, max_length: int = 0, max_states: int = MAX_STATES,
-                 graphs: bool = True, compile: bool = False):
+                 graphs: bool = True, compile: bool = False, fuse: bool | None = None):
         self.model = model
-        self.options = {"max_length": max_length, "max_states": max_states, "graphs": graphs, "compile": compile}
+        self.options = {"max_length": max_length, "max_states": max_states, "graphs": graphs, "compile": compile,
+                        "fuse": fuse}
         self.fingerprint = fingerprint(model)
         self.unsupported = unsupported(model)
+        if fuse is None:
+            fuse = next(model.parameters()).device.type == "cuda"
+        self.fused = fuse_projections(model) if fuse and self.unsupported is None else None
         if self.unsupported:
             warnings.warn(f"fvlm.engine: cannot serve this model ({self.unsupported}); "
                           "it runs the reference path", stacklevel=2)
         self.use_graphs = graphs and next(model.parameters()).device.type == "cuda"
         self.backend = "torch" if compile else None  # torch.compile traces the torch reference
         self.states: list[State] = []
-        self._frame: Callable = functools.partial(frame_step, model)
-        self._one: Callable = functools.partial(llm_forward, model)  # one token (frames, decoding)
-        self._many: Callable = functools.partial(llm_forward, model)  # text blocks: never compiled
+        self._frame: Callable = functools.partial(frame_step, model, self.fused)
+        self._one: Callable = functools.partial(llm_forward, model, self.fused)  # one token (frames, decoding)
+        self._many: Callable = functools.partial(llm_forward, model, self.fused)  # text blocks: never compiled
         if compile:
             self._frame = torch.compile(self._frame, fullgraph=True, dynamic=False)
             self._one = torch.compile(self._one, fullgraph=True, dynamic=False)

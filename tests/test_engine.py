@@ -42,7 +42,7 @@ def batch_of(model, sizes, seed=1):
 def use(model, path):
     """Give the model an engine for `path` ("eager": no graphs, "graph", "compile") unless it has one;
     "off": the reference path, nothing to do."""
-    want = {"graphs": path != "eager", "compile": path == "compile"}
+    want = {"graphs": path != "eager", "compile": path == "compile", "fuse": True}  # fuse: as on CUDA
     if path != "off" and {k: model.engine.options[k] for k in want} != want:
         model.engine = Engine(model, **want)
 
@@ -84,6 +84,41 @@ def test_engine_matches_the_reference(make_model, layout, mode, sizes):
     model = make_model(seed=3, layout=layout)
     batch = batch_of(model, sizes)
     assert_same(run(model, batch, mode, "off"), run(model, batch, mode, "eager"))
+
+
+@pytest.mark.parametrize("mode", ["coarse_fine", "autoregressive"])
+def test_fused_projections(make_model, mode):
+    """q/k/v and gate/up as one GEMM each (the default) and as the modules' own GEMMs (fuse=False)
+    both give the reference, also for an LLM with biases on some of the stacked projections."""
+    model = make_model(seed=15)
+    batch = batch_of(model, [3, 2])
+    ref = run(model, batch, mode, "off")
+    assert model.engine.options["fuse"] is None and model.engine.fused is None  # CPU: not by default
+    assert_same(ref, run(model, batch, mode, "eager"))
+    assert model.engine.fused is not None
+    model.engine = Engine(model, graphs=False, fuse=False)
+    assert_same(ref, run(model, batch, mode, "eager"))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.llm.get_decoder().layers:  # biases on q, v and gate only: k and up get zeros
+            for lin in (layer.self_attn.q_proj, layer.self_attn.v_proj, layer.mlp.gate_proj):
+                lin.bias = torch.nn.Parameter(0.1 * torch.randn(lin.out_features, generator=gen))
+    ref = run(model, batch, mode, "off")
+    model.engine = Engine(model, graphs=False, fuse=True)
+    assert_same(ref, run(model, batch, mode, "eager"))
+
+
+def test_weights_written_in_place(make_model):
+    """load_state_dict or an optimizer step keeps the storage but changes the values: the engine
+    (whose fused projections are a copy) is rebuilt and follows."""
+    model = make_model(seed=16)
+    batch = batch_of(model, [2])
+    run(model, batch, "autoregressive", "eager")
+    first = model.engine
+    other = make_model(seed=17)
+    model.load_state_dict(other.state_dict())
+    assert model.engine is not first and model.engine.options == first.options
+    assert_same(run(other, batch, "autoregressive", "off"), run(model, batch, "autoregressive", "eager"))
 
 
 def test_patch_passes_in_chunks(make_model, monkeypatch):
