@@ -8,7 +8,8 @@
 #   4. benchmarks.train_step, 5. benchmarks.e2e at 64 frames with the torch.compile'd engine and
 #   6. benchmarks.train_step --compile (fVLM coarse_fine), both into RESULTS_DIR/compiled/,
 #   7. benchmarks.loader: the trainer's data pipeline alone at 224 px on fresh ShapesQA shards,
-#   8. benchmarks.llm_token: one LLM token on the engine, projections stacked vs separate.
+#   8. benchmarks.llm_token: one LLM token on the engine, projections stacked vs separate,
+#   9. benchmarks.frame_chunk: coarse_fine's patch pass at once or in chunks (TTFT, memory).
 # Results go to the folder given as the first argument, else $FVLM_RESULTS, else
 # benchmarks/results/<gpu>-<date>/ (suite.log, *.md, *.json, e2e.png).
 # Needs torch, transformers, triton, tokenizers, opencv, pillow, numpy, pytest, pyyaml, tqdm, webdataset; on a
@@ -46,9 +47,9 @@ stage() {  # stage NAME SECONDS COMMAND...
     return "$rc"
 }
 xdist=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 6")  # Triton and torch.compile compile on CPU cores
-stage tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs $xdist tests/test_kernels.py tests/test_engine.py
+stage tests 110 "$PY" -m pytest -q -p no:cacheprovider -rs $xdist tests/test_kernels.py tests/test_engine.py
 stage kernels 70 "$PY" -m benchmarks.kernels --out "$RES"
-stage e2e 150 "$PY" -m benchmarks.e2e --device cuda --frames 8,16,32,64 --no-compile --out "$RES"  # compile: stage 5
+stage e2e 140 "$PY" -m benchmarks.e2e --device cuda --frames 8,16,32,64 --no-compile --out "$RES"  # compile: stage 5
 stage train_step 25 "$PY" -m benchmarks.train_step --device cuda --out "$RES"
 stage e2e_compiled 110 "$PY" -m benchmarks.e2e --device cuda --frames 64 --out "$RES/compiled"
 stage train_step_compiled 50 "$PY" -m benchmarks.train_step --device cuda --compile --modes coarse_fine \
@@ -59,5 +60,6 @@ stage loader 35 bash -c "\"$PY\" -m fvlm.cli make-shapes $shards --n 96 --eval-n
     --image-size 224 --workers 0,4,8 --batches 8 --out \"$RES\""
 rm -rf "$shards"
 stage llm_token 30 "$PY" -m benchmarks.llm_token --device cuda --out "$RES"
+stage frame_chunk 20 "$PY" -m benchmarks.frame_chunk --device cuda --out "$RES"
 echo "suite exit $status; results in $RES" | tee -a "$log"
 exit $status

@@ -29,9 +29,11 @@ Design.
   the deep query over the frame's K/V and the projection into the LLM (FoveatedVLM.frame_tokens) ->
   one LLM token -> last. Under a graph its inputs are static buffers: each row's frame K/V (every
   layer) is copied in by one multi-tensor copy before the replay. Patches are encoded in batched
-  passes (all frames in coarse modes; chunks of FRAME_CHUNK frames in autoregressive mode, each just
-  before its frames, so only one chunk's K/V is held and the host queues the next chunk while the
-  device replays), never recomputed and never duplicated.
+  passes of `frame_chunk` frames (default FRAME_CHUNK), never recomputed and never duplicated. In
+  autoregressive mode each chunk runs just before its frames, so only one chunk's K/V is held and
+  the host queues the next chunk while the device replays. The coarse modes need every frame's K/V
+  at once: the chunks' K/V are copied into buffers for all frames (`encode_in_chunks`), so only one
+  chunk's activations are alive at a time.
 - `Engine` (one per model, `model.engine`; rebuilt with the same options when the weights move):
   up to `max_states` `State`s (slots + the graphs captured against them), reused across calls; a
   state stays reserved while the EngineCache of a Prefill that uses it is alive, so concurrent
@@ -65,7 +67,7 @@ import torch.nn.functional as F
 from .batch import Batch
 from .config import MODES
 from .encoder import PatchCache
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .sequence import LLMInput
 from .vlm import Prefill
 
@@ -74,7 +76,7 @@ MAX_GRAPH_TOKENS = 1024  # longer text blocks run eagerly (their kernels are lar
 DECODE_ROOM = 256  # slots reserved after the prompt; the slots grow (and graphs are recaptured) beyond
 SLOT_MULTIPLE = 256  # capacities are rounded up to this, so one set of graphs serves many lengths
 MAX_STATES = 4  # states (slots + graphs) kept per engine; the oldest idle one goes first
-FRAME_CHUNK = 16  # autoregressive mode: frames per patch pass (bounds the K/V cache held at once)
+FRAME_CHUNK = 16  # default frames per patch pass (Engine frame_chunk)
 WARMUP = 2  # runs before a capture: cuBLAS handles, Triton autotuning, torch.compile
 
 
@@ -333,13 +335,17 @@ class Engine:
     batch size). graphs: capture CUDA graphs (CUDA only; elsewhere the same functions run eagerly).
     fuse: run q/k/v and gate/up as one GEMM each, from a copy of those weights (fuse_projections);
     None (the default): on CUDA, where a token's time is its kernel launches, not on CPU, where it
-    saves nothing measurable and the copy costs memory."""
+    saves nothing measurable and the copy costs memory. frame_chunk: frames per patch pass (fewer:
+    less memory, more passes)."""
 
     def __init__(self, model: torch.nn.Module, max_length: int = 0, max_states: int = MAX_STATES,
-                 graphs: bool = True, compile: bool = False, fuse: bool | None = None):
+                 graphs: bool = True, compile: bool = False, fuse: bool | None = None,
+                 frame_chunk: int = FRAME_CHUNK):
+        if not (isinstance(frame_chunk, int) and frame_chunk >= 1):
+            raise ConfigError(f"Engine frame_chunk={frame_chunk!r}: give the frames per patch pass, an int >= 1")
         self.model = model
         self.options = {"max_length": max_length, "max_states": max_states, "graphs": graphs, "compile": compile,
-                        "fuse": fuse}
+                        "fuse": fuse, "frame_chunk": frame_chunk}
         self.fingerprint = fingerprint(model)
         self.unsupported = unsupported(model)
         if fuse is None:
@@ -469,8 +475,8 @@ class Engine:
         def scratch_pass(inp: LLMInput) -> torch.Tensor:  # coarse_fine's coarse pass, in a scratch state
             return self.acquire(batch.batch_size, bucket(inp.mask.shape[1])).append(inp.embeds, inp.mask)
 
-        inp, probs, coarse = model.read_frames_coarse(batch, model.encode_frames(batch), mode, return_attention,
-                                                      scratch_pass)
+        cache = encode_in_chunks(model, batch, self.options["frame_chunk"])  # as model.encode_frames(batch)
+        inp, probs, coarse = model.read_frames_coarse(batch, cache, mode, return_attention, scratch_pass)
         ec = self.acquire(batch.batch_size, bucket(inp.mask.shape[1]) + DECODE_ROOM)
         h = ec.append(inp.embeds, inp.mask)[:, -1]
         return self._result(ec, h, probs, coarse)
@@ -478,7 +484,7 @@ class Engine:
     def _autoregressive(self, batch: Batch, return_attention: bool, on_step: Callable | None) -> Prefill:
         """FoveatedVLM.read_frames_autoregressive (with the KV cache) on static slots, one graph replay per frame.
 
-        The patch pass runs in chunks of FRAME_CHUNK frame slots, each just before its frames are read:
+        The patch pass runs in chunks of frame_chunk frame slots, each just before its frames are read:
         the K/V cache of one chunk is alive at a time, and the host queues the next chunk's patch pass
         while the device is still replaying the previous chunk's frame steps (no sync inside the loop)."""
         model = self.model
@@ -488,8 +494,9 @@ class Engine:
         fm_host = fm.cpu()
         pixels = batch.pixel_values.flatten(0, 1)  # [B*T, 3, S, S]
         chunks = []  # (first slot, flat indices of its real frames (b-major), rows [t][b] into its cache)
-        for t0 in range(0, T, FRAME_CHUNK):
-            sub = fm_host[:, t0 : t0 + FRAME_CHUNK]  # [B, c]
+        chunk = self.options["frame_chunk"]
+        for t0 in range(0, T, chunk):
+            sub = fm_host[:, t0 : t0 + chunk]  # [B, c]
             flat = (torch.arange(B)[:, None] * T + torch.arange(t0, t0 + sub.shape[1]))[sub]
             rows = (sub.flatten().long().cumsum(0) - 1).clamp(min=0).view(B, -1).T.tolist()
             chunks.append((t0, flat.to(pixels.device), rows))
@@ -524,6 +531,27 @@ class Engine:
             cache=ec, mask=s.valid[:, : ec.state.used].clone(), next_position=s.count.clone(),
             logits=self.model.llm.get_output_embeddings()(h), attention=attention, coarse_attention=coarse,
         )
+
+
+def encode_in_chunks(model: torch.nn.Module, batch: Batch, chunk: int) -> PatchCache:
+    """model.encode_frames(batch) (the K/V of every real frame, row-major over [B, T]) in chunks of
+    `chunk` frames, each chunk's K/V copied into per-layer buffers [F, N, D] for all F frames:
+    the coarse modes need every frame's K/V at once, but only one chunk's pixels and activations
+    are alive at a time, not all F frames', and the final features (queries do not read them) are
+    not kept."""
+    real = batch.frame_mask.flatten().nonzero()[:, 0]  # [F] real frames of pixels [B*T, 3, S, S]
+    pixels = batch.pixel_values.flatten(0, 1)
+    F_ = real.shape[0]
+    kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for f0 in range(0, F_, chunk):
+        part = model.encoder.encode_patches(pixels.index_select(0, real[f0 : f0 + chunk])).kv
+        if F_ <= chunk:
+            return PatchCache(kv=part)
+        if not kv:
+            kv = [(k.new_empty((F_, *k.shape[1:])), v.new_empty((F_, *v.shape[1:]))) for k, v in part]
+        n = part[0][0].shape[0]
+        torch._foreach_copy_([t[f0 : f0 + n] for pair in kv for t in pair], [t for pair in part for t in pair])
+    return PatchCache(kv=kv)
 
 
 def copy_frames(buf: torch.Tensor, cache: PatchCache, rows: list[int]) -> None:

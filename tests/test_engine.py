@@ -122,9 +122,9 @@ def test_weights_written_in_place(make_model):
 
 
 def test_patch_passes_in_chunks(make_model, monkeypatch):
-    """Autoregressive mode encodes FRAME_CHUNK frame slots at a time, right before reading them."""
-    monkeypatch.setattr(engine, "FRAME_CHUNK", 2)
+    """Autoregressive mode encodes frame_chunk frame slots at a time, right before reading them."""
     model = make_model(seed=12)
+    model.engine = Engine(model, graphs=False, fuse=True, frame_chunk=2)
     passes = []
     encode = model.encoder.encode_patches
     monkeypatch.setattr(model.encoder, "encode_patches", lambda px: passes.append(len(px)) or encode(px))
@@ -134,6 +134,22 @@ def test_patch_passes_in_chunks(make_model, monkeypatch):
     passes.clear()
     assert_same(ref, run(model, batch, "autoregressive", "eager"))
     assert passes == [6, 3, 1]  # real frames in slots 0-1 (2 + 2 + 2), 2-3 (2 + 0 + 1), 4 (1 + 0 + 0)
+
+
+@pytest.mark.parametrize("mode", ["coarse_only", "coarse_fine"])
+def test_coarse_patch_pass_in_chunks(make_model, monkeypatch, mode):
+    """The coarse modes encode frame_chunk frames at a time into K/V buffers for all frames."""
+    model = make_model(seed=13)
+    model.engine = Engine(model, graphs=False, fuse=True, frame_chunk=2)
+    passes = []
+    encode = model.encoder.encode_patches
+    monkeypatch.setattr(model.encoder, "encode_patches", lambda px: passes.append(len(px)) or encode(px))
+    batch = batch_of(model, [4, 1])
+    ref = run(model, batch, mode, "off")
+    assert passes == [5]
+    passes.clear()
+    assert_same(ref, run(model, batch, mode, "eager"))
+    assert passes == [2, 2, 1]
 
 
 def test_generate_dispatches_autoregressive_to_the_engine(make_model, monkeypatch):
@@ -274,6 +290,9 @@ def test_what_the_engine_serves(make_model):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert "autocast" in engine.skipped(model, batch)
     assert [engine.bucket(n) for n in (1, 2, 8, 9, 33)] == [1, 8, 8, 16, 64]
+    for bad in (0, 2.5):
+        with pytest.raises(ConfigError, match="frame_chunk"):
+            Engine(model, frame_chunk=bad)
     with warnings.catch_warnings(record=True) as caught:  # fast=True on a model it cannot serve: warn once
         warnings.simplefilter("always")
         model.prefill(batch_of(model, [0]), "autoregressive", False, fast=True)
