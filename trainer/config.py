@@ -114,6 +114,7 @@ class LossConfig:
     gaze_weight: float = 0.0  # > 0: pull the fine query's attention onto the asked-about object (trainer/gaze.py)
     token_weight: float = 0.0  # > 0: the token must name the asked-about object (trainer/objects.py)
     object_position: bool = False  # the object (and token) loss also names where the object is (trainer/objects.py)
+    look_weight: float = 0.0  # > 0: the answer must attend to the frames (coarse_fine steps; trainer/look.py)
 
 
 @dataclass
@@ -365,7 +366,7 @@ def validate(cfg: Config) -> None:
     if cfg.stage == 0:  # vision pretraining: the encoder and the object head alone, no text
         if cfg.loss.object_weight <= 0:
             raise bad("loss.object_weight", "stage 0 trains the encoder on object supervision only: set it > 0")
-        for key in ("gaze_weight", "token_weight"):
+        for key in ("gaze_weight", "token_weight", "look_weight"):
             if getattr(cfg.loss, key) > 0:
                 raise bad(f"loss.{key}", "stage 0 runs no query and no LLM; set it to 0 (use it from stage 1)")
         if cfg.loss.type != "ce" or cfg.data.text_ratio > 0:
@@ -474,12 +475,22 @@ def validate(cfg: Config) -> None:
     if cfg.loss.token_weight > 0 and set(cfg.mode_probs) == {"coarse_only"}:
         raise bad("loss.token_weight", "coarse_only training has no question-steered token; train "
                   "coarse_fine or autoregressive, or set it to 0")
+    if cfg.loss.look_weight < 0:
+        raise bad("loss.look_weight", f"{cfg.loss.look_weight} must be >= 0")
+    if cfg.loss.look_weight > 0 and cfg.loss.type == "dpo":
+        raise bad("loss.look_weight", "the look term works with the ce loss, not dpo")
+    if cfg.loss.look_weight > 0 and "coarse_fine" not in cfg.mode_probs:
+        raise bad("loss.look_weight", "the look term applies to coarse_fine steps: add coarse_fine to "
+                  "train.modes, or set it to 0")
     architecture = cfg.model.fvlm.get("architecture", "foveated")
     if architecture != "foveated":  # B1 has no query: nothing to steer, no token, no stage-0 encoder
         for key in ("gaze_weight", "token_weight"):
             if getattr(cfg.loss, key) > 0:
                 raise bad(f"loss.{key}", f"needs the foveated architecture's query, which {architecture!r} "
                           "does not have; set it to 0")
+        if cfg.loss.look_weight > 0:
+            raise bad("loss.look_weight", f"reads one visual token per frame (the foveated architecture), "
+                      f"not {architecture!r}'s; set it to 0")
         if cfg.stage == 0:
             raise bad("stage", f"vision pretraining (stage 0) trains the foveated encoder, not the "
                       f"{architecture!r} architecture's; give stage 0 a foveated model and take its "

@@ -8,13 +8,14 @@ it next to the model as object_head.safetensors (trainer/checkpoint.py), RUN/fin
 
     net = DDP(TrainModule(model, cfg.loss))      # or the module itself in a single process
     step = net(batch, mode, objects=..., target=...)
-    step.loss            text loss (+ lambda_coarse * coarse) + weighted object / gaze / token terms
+    step.loss            text loss (+ lambda_coarse * coarse) + weighted object / gaze / token / look terms
     step.out             the model's VLMOutput (None in stage 0: no LLM runs)
     step.sums            the aux terms' named sums for the logs
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +26,8 @@ from fvlm.vlm import VLMBase, VLMOutput
 
 from .config import LossConfig
 from .gaze import target_rows, visible_targets
-from .objectives import VISION, Sums, gaze_term, object_term, token_term
+from .look import LookHooks
+from .objectives import VISION, Sums, gaze_term, look_term, object_term, token_term
 from .objects import ObjectHead
 
 
@@ -47,6 +49,7 @@ class TrainModule(nn.Module):
         self.object_head = ObjectHead(vision["hidden_size"], self.patch, where) if loss.object_weight > 0 else None
         if loss.gaze_weight > 0 or model.config.gaze_embedding:  # foveated only (config.validate)
             model.encoder.attention_backend = "torch"  # the Triton kernel gives no gradient through probs
+        self.look = LookHooks(model.llm) if loss.look_weight > 0 else None
 
     @property
     def heads(self) -> dict[str, nn.Module]:
@@ -66,10 +69,12 @@ class TrainModule(nn.Module):
         asked = mode != "coarse_only" and target is not None
         steer, read = asked and w.gaze_weight > 0, asked and w.token_weight > 0
         supervise = objects is not None and self.object_head is not None
-        out = self.model(batch, mode=mode, measure_coarse=measure_coarse, return_attention=steer,
-                         return_tokens=read, return_features=supervise)
+        look = self.look is not None and mode == "coarse_fine"
+        with self.look.recording() if look else contextlib.nullcontext():
+            out = self.model(batch, mode=mode, measure_coarse=measure_coarse, return_attention=steer,
+                             return_tokens=read, return_features=supervise, return_hidden=look)
+            terms = [look_term(self.look.last_pass(), out.labels, batch, w.look_weight)] if look else []
         loss, sums = out.loss, {}
-        terms = []
         if out.features is not None:
             terms.append(object_term(self.object_head, out.features, objects[fm], w.object_weight))
         if steer or read:

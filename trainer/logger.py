@@ -51,6 +51,8 @@ COLUMNS = [
     "token_shape_acc",
     "token_color_acc",
     "token_position_acc",
+    "loss_look",
+    "look_mass",
     "dpo_reward_acc",
     "dpo_margin",
     "dpo_chosen_reward",
@@ -173,6 +175,8 @@ def line(step: int, total: int, m: dict[str, Any]) -> str:
         where = f" where {m['token_position_acc']:.2f}" if m.get("token_position_acc") is not None else ""
         parts.append(f"token {m['loss_token']:.3f} (shape {m['token_shape_acc']:.2f} "
                      f"colour {m['token_color_acc']:.2f}{where})")
+    if m.get("loss_look") is not None:
+        parts.append(f"look {m['loss_look']:.3f} (mass {m['look_mass']:.2f})")
     if m.get("dpo_reward_acc") is not None:
         parts.append(f"reward acc {m['dpo_reward_acc']:.2f} margin {m['dpo_margin']:.3f}")
     lrs = " ".join(

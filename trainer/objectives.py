@@ -6,8 +6,8 @@ The sums are plain floats for the logs; the loop adds them over micro-batches an
     ce       stages 1-3: the model's text loss (fine, + lambda_coarse * coarse), plus the aux terms
     vision   stage 0: the weighted object loss of the encoder's final patch features, nothing else
     dpo      stage 3 with loss.type dpo: preference pairs against the frozen reference
-    object_term / gaze_term / token_term: the auxiliary losses, computed inside the trainer module's
-             forward (trainer/heads.py) from what the model returned
+    object_term / gaze_term / token_term / look_term: the auxiliary losses, computed inside the
+             trainer module's forward (trainer/heads.py) from what the model returned
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from fvlm.vlm import VLMOutput
 from .config import Config
 from .dpo import dpo_from_logprobs
 from .gaze import gaze_loss
+from .look import look_loss
 from .objects import ObjectHead
 
 VISION = "vision"  # the pseudo-mode of stage 0: the encoder and the object head alone, no LLM
@@ -30,6 +31,7 @@ AVERAGED = {  # metrics averaged over the micro-batches that had the term, by th
     "objects_batches": ("loss_objects", "object_shape_acc", "object_color_acc", "object_position_acc"),
     "gaze_batches": ("loss_gaze", "gaze_mass"),
     "token_batches": ("loss_token", "token_shape_acc", "token_color_acc", "token_position_acc"),
+    "look_batches": ("loss_look", "look_mass"),
 }
 POSITION = ("object_position_acc", "token_position_acc")  # reported only with loss.object_position
 
@@ -50,6 +52,8 @@ def sum_names(cfg: Config) -> list[str]:
         names += [*averaged["gaze_batches"], "gaze_batches"]
     if cfg.loss.token_weight > 0:
         names += [*averaged["token_batches"], "token_batches"]
+    if cfg.loss.look_weight > 0:
+        names += [*averaged["look_batches"], "look_batches"]
     return names
 
 
@@ -136,3 +140,13 @@ def token_term(head: ObjectHead, tokens: torch.Tensor, rows: torch.Tensor, weigh
         return weight * t, {}
     accs = {f"token_{k}": v for k, v in stats.items() if k.endswith("_acc")}
     return weight * t, {"loss_token": float(t.detach()), **accs, "token_batches": 1.0}
+
+
+def look_term(probs: list[torch.Tensor], labels: torch.Tensor, batch: Batch, weight: float
+              ) -> tuple[torch.Tensor, Sums]:
+    """weight * the look loss: the answer position's attention on the frames, per LLM layer probs
+    [B, H, L, L] of the fine pass (trainer/look.py); the logged loss is the unweighted one."""
+    loss, stats = look_loss(probs, labels, batch)
+    if not stats["rows"]:
+        return weight * loss, {}
+    return weight * loss, {"loss_look": float(loss.detach()), "look_mass": stats["mass"], "look_batches": 1.0}
