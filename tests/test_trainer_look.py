@@ -71,7 +71,7 @@ def test_train_module_adds_the_look_term_on_coarse_fine_steps_only(make_model):
     batch = _batch(model)
     step = net(batch, "coarse_fine")
     assert step.sums["look_batches"] == 1.0 and 0 < step.sums["look_mass"] < 1
-    assert float(step.loss) == pytest.approx(float(step.out.loss) + 0.5 * step.sums["loss_look"], rel=1e-5)
+    assert float(step.loss.detach()) == pytest.approx(float(step.out.loss.detach()) + 0.5 * step.sums["loss_look"], rel=1e-5)
     assert "look_batches" not in net(batch, "autoregressive").sums
     with torch.no_grad():  # generation after training records nothing
         model.eval()
