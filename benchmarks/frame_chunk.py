@@ -40,7 +40,8 @@ def run(device: str, frames: int, chunks: list[int], repeat: int) -> dict:
     with torch.inference_mode():
         for chunk in chunks:
             say(f"frame_chunk: {frames} frames, chunk {chunk or 'all'} ...")
-            engine = Engine(model, frame_chunk=chunk or frames)
+            per_pass = chunk or frames  # 0: all frames in one pass
+            engine = Engine(model, frame_chunk=per_pass)
 
             def prefill(engine=engine):
                 pre = engine.prefill(batch, "coarse_fine")
@@ -50,7 +51,7 @@ def run(device: str, frames: int, chunks: list[int], repeat: int) -> dict:
             logits = prefill().float()  # also warms up (graph capture)
             first = logits if first is None else first
             ms = time_ms(prefill, device, warmup=1, repeat=repeat)
-            rows.append({"frame_chunk": chunk or frames, "passes": -(-frames // (chunk or frames)),
+            rows.append({"frame_chunk": per_pass, "passes": -(-frames // per_pass),
                          "ttft_ms": round(ms, 2), **memory_mib(prefill, device),
                          "max_logit_diff": float((logits - first).abs().max())})
     base = rows[0]

@@ -26,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import machine, markdown_table, setup, time_ms, write_outputs
 from benchmarks.e2e import SHAPES, build_fvlm
-from fvlm.engine import Engine, fuse_projections
+from fvlm.engine import Engine
 from fvlm.progress import say
 
 GEMMS = {"aten::linear", "aten::matmul", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
@@ -57,7 +57,7 @@ def measure(model, device: str, fuse: bool, repeat: int) -> tuple[dict, torch.Te
     token = torch.randn(1, 1, d, generator=g).to(device, model.dtype)
     lm = model.llm.get_output_embeddings()
     eager = Engine(model, graphs=False, fuse=fuse)
-    stacked = sum(t.numel() * t.element_size() for f in fuse_projections(model) if fuse for t in f if t is not None)
+    stacked = sum(t.numel() * t.element_size() for f in eager.fused or [] for t in f if t is not None)
     cache = eager.acquire(1, CONTEXT + 64)
     cache.append(x)
     logits = lm(cache.append(token)[:, -1]).float()

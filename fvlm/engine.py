@@ -349,13 +349,13 @@ class Engine:
                         "fuse": fuse, "frame_chunk": frame_chunk}
         self.fingerprint = fingerprint(model)
         self.unsupported = unsupported(model)
-        if fuse is None:
-            fuse = next(model.parameters()).device.type == "cuda"
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        fuse = on_cuda if fuse is None else fuse
         self.fused = fuse_projections(model) if fuse and self.unsupported is None else None
         if self.unsupported:
             warnings.warn(f"fvlm.engine: cannot serve this model ({self.unsupported}); "
                           "it runs the reference path", stacklevel=2)
-        self.use_graphs = graphs and next(model.parameters()).device.type == "cuda"
+        self.use_graphs = graphs and on_cuda
         self.backend = "torch" if compile else None  # torch.compile traces the torch reference
         self.states: list[State] = []
         self._frame: Callable = functools.partial(frame_step, model, self.fused)
