@@ -170,7 +170,8 @@ def test_an_incomplete_cached_snapshot_is_used_when_it_has_what_loading_needs(mo
 
 
 @pytest.mark.parametrize("name", ["./no-such-model", "/no/such/model", "a/b/c", "runs", "~x/y"])
-def test_names_that_are_not_hub_ids_are_missing_directories(hub, name):
+def test_names_that_are_not_hub_ids_are_missing_directories(hub, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative names must be missing wherever the tests run (a clone may hold runs/)
     with pytest.raises(CheckpointError, match="model directory .* not found"):
         fvlm.load(name)
 
