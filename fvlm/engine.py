@@ -125,6 +125,7 @@ class Slots(NamedTuple):
     col: torch.Tensor  # [] long: next free slot
     count: torch.Tensor  # [B] long: real tokens so far (= next position id)
     last: torch.Tensor  # [B, d] hidden state of the slot before the next frame
+    gaze: torch.Tensor  # [B, 2] float32 the last frame's gaze centre, NaN before a row's first frame
 
 
 @torch.inference_mode(False)  # normal tensors: usable in and out of inference mode
@@ -137,6 +138,7 @@ def new_slots(model: torch.nn.Module, B: int, C: int) -> Slots:
     return Slots(  # zeros, not empty: a masked slot must never hold NaN (0 * NaN = NaN in p @ V)
         zeros(kv, dtype=p.dtype), zeros(kv, dtype=p.dtype), zeros((B, C), dtype=torch.bool),
         zeros((), dtype=torch.long), zeros(B, dtype=torch.long), zeros((B, cfg.hidden_size), dtype=p.dtype),
+        torch.full((B, 2), float("nan"), device=p.device),
     )
 
 
@@ -246,7 +248,9 @@ def frame_step(
     real, has_prev = flags[0], flags[1]
     B = real.shape[0]
     q = torch.where(has_prev[:, None], model.llm_to_query(s.last), model.q_init.expand(B, -1))  # [B, qd]
-    token, _, probs = model.frame_tokens(q, PatchCache(kv=kv), with_probs, backend=backend)
+    token, _, probs, gaze = model.frame_tokens(q, PatchCache(kv=kv), with_probs, backend=backend, prev_gaze=s.gaze)
+    if gaze is not None:  # the gaze embedding's move needs each row's previous centre
+        s.gaze.copy_(torch.where(real[:, None], gaze, s.gaze))
     token = token * real[:, None]  # [B, d]; pads are zeros, as in the eager path
     s.last.copy_(llm_forward(model, fused, s, token[:, None], real[:, None])[:, 0])
     return probs
@@ -298,6 +302,7 @@ class State:
     def reset(self) -> None:
         for t in self.slots[2:]:
             t.zero_()
+        self.slots.gaze.fill_(float("nan"))
         self.used = 0
 
     def grow(self, model: torch.nn.Module, C: int) -> None:
@@ -307,7 +312,8 @@ class State:
         new.k[:, :, :, :old].copy_(self.slots.k)
         new.v[:, :, :, :old].copy_(self.slots.v)
         new.valid[:, :old].copy_(self.slots.valid)
-        self.slots = new._replace(col=self.slots.col, count=self.slots.count, last=self.slots.last)
+        self.slots = new._replace(col=self.slots.col, count=self.slots.count, last=self.slots.last,
+                                  gaze=self.slots.gaze)
         self.graphs.clear()
 
 

@@ -97,6 +97,7 @@ class LiveSession:
         self._tokens: deque[torch.Tensor] = deque()  # the window's visual embeddings, each [1, d_llm]
         self._lock = threading.Lock()
         self._t0: float | None = None  # monotonic time of the first push (default timestamps)
+        self._gaze: torch.Tensor | None = None  # [1, 2] where the last frame was looked at (gaze embedding)
         self._prefill()
 
     # ---- state ---------------------------------------------------------------------------------
@@ -173,7 +174,8 @@ class LiveSession:
                 self._prefill()
             q = m.q_init if self._last is None else m.llm_to_query(self._last)  # [1, qd]
             patches = m.encoder.encode_patches(pixels)
-            token, _, probs = m.frame_tokens(q, patches, return_attention=True)  # [1, d_llm], [1, L, H, N]
+            token, _, probs, gaze = m.frame_tokens(q, patches, return_attention=True, prev_gaze=self._gaze)
+            self._gaze = gaze
             self._last = self._cache.append(token[:, None])[:, -1]
             self._tokens.append(token)
             index = self.frames_seen

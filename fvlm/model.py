@@ -15,6 +15,7 @@ encoder.output_proj, dino_to_llm, llm_to_query, q_static, q_init, llm.*).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,10 +26,19 @@ from .config import FVLMConfig
 from .encoder import FoveatedEncoder, PatchCache
 from .engine import Engine
 from .errors import InputError
-from .gaze import GazeEmbedding, gaze_features
+from .gaze import GazeEmbedding, gaze_features, previous_centres, with_moves
 from .live import LiveConfig, LiveSession
 from .sequence import LLMInput, assemble, positions
 from .vlm import LLMCache, Prefill, VLMBase, VLMOutput, hf_config
+
+
+class FrameTokens(NamedTuple):
+    """What FoveatedVLM.frame_tokens makes of n queries, one per frame."""
+
+    emb: torch.Tensor  # [n, d_llm] what the LLM reads
+    z: torch.Tensor  # [n, D] the visual tokens before the projection into the LLM
+    probs: torch.Tensor | None  # [n, L, H, N] the query's attention, when asked for
+    gaze: torch.Tensor | None  # [n, 2] where it looked (centre x, y), with config.gaze_embedding
 
 
 class FoveatedVLM(VLMBase):
@@ -84,25 +94,36 @@ class FoveatedVLM(VLMBase):
         return out
 
     def frame_tokens(self, queries: torch.Tensor, cache: PatchCache, return_attention: bool,
-                     backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                     backend: str | None = None, prev_gaze: torch.Tensor | None = None,
+                     first: torch.Tensor | None = None) -> FrameTokens:
         """The one place a query becomes what the LLM reads. queries [n, qd], one per frame of `cache`
-        -> (LLM embeddings [n, d_llm], tokens z [n, D], attention probs [n, L, H, N] if asked).
-        With config.gaze_embedding the embedding also says where the query looked (fvlm/gaze.py)."""
+        -> FrameTokens (LLM embeddings [n, d_llm], tokens z [n, D], attention probs [n, L, H, N] if
+        asked, the gaze centre [n, 2] with config.gaze_embedding).
+
+        With config.gaze_embedding the embedding also says where the query looked and how far that
+        moved since the clip's previous frame (fvlm/gaze.py), which needs that frame's centre: rows
+        that are one frame each pass prev_gaze [n, 2] (the previous call's FrameTokens.gaze, NaN or
+        None where there is no previous frame); rows that are whole clips in order pass first [n]
+        bool (True at each clip's first frame)."""
         gaze = self.gaze_embed is not None
         z, probs = self.encoder.query_attend(queries, cache, return_attention or gaze, backend=backend)
-        emb = self.project(z)
+        emb, centre = self.project(z), None
         if gaze:
             where = gaze_features(probs, self.config.layer_index(probs.shape[1]),
                                   self.encoder.grid(self.config.image_size))  # [n, 4]
-            emb = emb + self.gaze_embed(where.to(emb.dtype))
-        return emb, z, (probs if return_attention else None)
+            if first is not None:
+                prev_gaze = previous_centres(where, first)
+            emb = emb + self.gaze_embed(with_moves(where, prev_gaze).to(emb.dtype))
+            centre = where[:, :2]
+        return FrameTokens(emb, z, probs if return_attention else None, centre)
 
     def visual_embeddings(self, queries: torch.Tensor, cache: PatchCache, frame_mask: torch.Tensor,
                 return_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """queries [n_real, qd] -> visual embeddings [B, T, d_llm] (+ probs [n_real, L, H, N]),
-        and the tokens z [n_real, D] they were projected from."""
-        emb, z, probs = self.frame_tokens(queries, cache, return_attention)
-        return self.scatter_frames(emb, frame_mask), probs, z
+        """queries [n_real, qd], one per real frame (row-major over [B, T]) -> visual embeddings
+        [B, T, d_llm] (+ probs [n_real, L, H, N]), and the tokens z [n_real, D] they were projected from."""
+        first = (frame_mask.long().cumsum(1) == 1) & frame_mask  # [B, T] each clip's first real frame
+        out = self.frame_tokens(queries, cache, return_attention, first=first[frame_mask])
+        return self.scatter_frames(out.emb, frame_mask), out.probs, out.z
 
     def static_queries(self, n: int) -> torch.Tensor:
         return self.q_static.expand(n, -1)
@@ -219,6 +240,7 @@ class FoveatedVLM(VLMBase):
         kv = self.new_cache() if use_cache else None
         hiddens, tokens, probs, zs = [], [], [], []
         last = None  # [B, d] hidden state of the slot before the next frame
+        centre = torch.full((B, 2), float("nan"), device=fm.device)  # [B, 2] each row's last gaze centre (gaze embedding)
         if batch.prefix_ids.shape[1] > 0:
             emb = self.embed(batch.prefix_ids) * batch.prefix_mask[..., None]
             hiddens.append(self.decoder(emb, batch.prefix_mask, positions(batch.prefix_mask), kv))
@@ -229,7 +251,10 @@ class FoveatedVLM(VLMBase):
             if last is not None:
                 has_prev = batch.prefix_mask[:, -1] if t == 0 else fm[:, t - 1]
                 q = torch.where(has_prev[:, None], self.llm_to_query(last), q)
-            emb, z, p = self.frame_tokens(q[real], cache.select(row[real, t]), return_attention)
+            emb, z, p, c = self.frame_tokens(q[real], cache.select(row[real, t]), return_attention,
+                                             prev_gaze=centre[real])
+            if c is not None:
+                centre = centre.to(c).index_put((real,), c)
             tokens.append(self.scatter_frames(emb, real))  # [B, d]
             probs.append(p)
             zs.append(z)

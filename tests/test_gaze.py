@@ -1,7 +1,7 @@
 """fvlm.gaze: the gaze embedding (config gaze_embedding) -- where the query looked, added to each token.
 
-Checks: the four gaze numbers on hand-made attention; the embedding is added to the tokens and
-nothing else changes; the engine equals the reference with it on (logits within
+Checks: the four gaze numbers on hand-made attention; each frame's move since its clip's previous
+frame, in every mode; the embedding is added to the tokens and nothing else changes; the engine equals the reference with it on (logits within
 1e-4, identical greedy tokens, as tests/test_engine.py); it saves and loads; gradients reach the
 query through the attention; the config refuses it where there is no deep query.
 """
@@ -14,7 +14,7 @@ from test_model import make_sample
 from fvlm.batch import collate
 from fvlm.config import MODES
 from fvlm.errors import ConfigError
-from fvlm.gaze import gaze_features
+from fvlm.gaze import gaze_features, previous_centres, with_moves
 
 
 def one_layer(p):
@@ -42,6 +42,39 @@ def test_gaze_features_on_known_attention():
         gaze_features(one_layer(peak), 0, (3, 3))
 
 
+def test_moves_on_known_centres():
+    gaze = torch.tensor([[0.1, 0.2, 0.3, 0.3], [0.4, 0.0, 0.3, 0.3], [-0.5, 0.5, 0.2, 0.2]])
+    first = torch.tensor([True, False, True])  # two clips: rows 0-1 and row 2
+    prev = previous_centres(gaze, first)
+    assert torch.isnan(prev[0]).all() and torch.isnan(prev[2]).all()
+    moves = with_moves(gaze, prev)
+    assert torch.equal(moves[:, :4], gaze)
+    assert torch.allclose(moves[:, 4:], torch.tensor([[0.0, 0.0], [0.3, -0.2], [0.0, 0.0]]))
+    assert torch.equal(with_moves(gaze, None)[:, 4:], torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_frame_gets_its_move_since_the_previous_frame(make_model, mode):
+    """What the gaze embedding reads, per frame of clips of 3 and 2 frames: the move is the centre's
+    change since the same clip's previous frame (0 at a clip's first frame), whether the frames are
+    read all at once (coarse modes) or one step at a time (autoregressive)."""
+    model = make_model(seed=5, gaze_embedding=True)
+    seen = []
+    model.gaze_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    batch = batch_of(model, [3, 2])
+    with torch.no_grad():
+        model(batch, mode=mode)
+    if mode == "autoregressive":  # one call per frame step, rows = the clips with a frame at that step
+        steps = seen
+        clips = [torch.stack([s[b] for s in steps if b < len(s)]) for b in range(2)]
+    else:  # the last call read every real frame, row-major over [B, T]
+        clips = list(seen[-1].split([3, 2]))
+    for rows in clips:  # [T_b, 6]
+        assert torch.equal(rows[0, 4:], torch.zeros(2))
+        assert torch.allclose(rows[1:, 4:], rows[1:, :2] - rows[:-1, :2], atol=1e-6)
+        assert rows[1:, 4:].abs().sum() > 0  # the random model's gaze does move
+
+
 def tokens(model, mode="coarse_fine"):
     batch = batch_of(model, [3, 2])
     with torch.no_grad():
@@ -62,8 +95,14 @@ def test_the_gaze_embedding_is_added_to_the_tokens(make_model):
 
 
 def trained_gaze_model(make_model, **kw):
+    """A gaze model in which the gaze matters: a fresh tiny model's query attention is nearly flat, so
+    its gaze hardly moves; sharper keys and a larger embedding make a wrong centre or move show."""
     model = make_model(seed=3, gaze_embedding=True, **kw)
-    torch.nn.init.normal_(model.gaze_embed.out.weight, std=0.5)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.gaze_embed.out.weight, std=0.5)
+        for name, p in model.encoder.dino.named_parameters():
+            if name.endswith("k_proj.weight"):
+                p.mul_(30)
     return model
 
 

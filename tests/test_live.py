@@ -16,11 +16,15 @@ def model(make_model):
     return make_model(seed=3, max_frames=8)
 
 
-@pytest.mark.parametrize("layout", ["text_first", "video_first"])
-def test_push_equals_generate_autoregressive(make_model, video_file, layout):
+@pytest.mark.parametrize("layout,gaze", [("text_first", False), ("video_first", False), ("text_first", True)])
+def test_push_equals_generate_autoregressive(make_model, video_file, layout, gaze):
     """Pushing a clip's sampled frames one by one = generate(clip, mode="autoregressive"): same maps
-    (<= 1e-5), entropies and greedy answer; timestamps as pushed."""
-    model = make_model(seed=3, layout=layout, max_frames=8)
+    (<= 1e-5), entropies and greedy answer; timestamps as pushed. With the gaze embedding, each push
+    gives it the same numbers, its move since the previous frame included."""
+    model = make_model(seed=3, layout=layout, max_frames=8, gaze_embedding=gaze)
+    seen = []
+    if gaze:  # (the tiny model's maps are nearly flat: compare what the embedding reads, too)
+        model.gaze_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     out = model.generate(video_file, PROMPT, mode="autoregressive", max_new_tokens=12)
     clip = model.clip(video_file)
     session = model.live(PROMPT, max_new_tokens=12)
@@ -33,6 +37,10 @@ def test_push_equals_generate_autoregressive(make_model, video_file, layout):
     assert [e.index for e in events] == list(range(8))
     assert out.token_ids, "the random model wrote nothing: the answer comparison would be empty"
     assert session.ask() == out.text
+    if gaze:
+        assert len(seen) == 16
+        torch.testing.assert_close(torch.cat(seen[8:]), torch.cat(seen[:8]), atol=1e-5, rtol=0)
+        assert torch.cat(seen[:8])[1:, 4:].abs().sum() > 0
 
 
 def test_ask_leaves_the_session_running(model, video_file):
