@@ -63,6 +63,12 @@ def box_features(records: list[dict], frame_mask: torch.Tensor) -> torch.Tensor:
     return torch.tensor(rows)
 
 
+def answer_ids(batch) -> torch.Tensor:
+    """[B] the first target token of each row (the answer word)."""
+    first = batch.suffix_targets.float().argmax(1)
+    return batch.suffix_ids.gather(1, first[:, None])[:, 0]
+
+
 class Oracle:
     """A forward hook on the projection into the LLM that adds `scale` x a signal to every real frame's
     token (rows are the real frames, row-major over [B, T]). signal "answer": the answer word's
