@@ -1,13 +1,19 @@
 """Can the LLM learn to read the frames for motion / position questions at all? An oracle test.
 
-Each frame's visual token gets the answer word's own embedding added (an oracle: the answer is in
-every frame), and the LLM alone is fine-tuned on motion / position questions, with or without the
-look term (trainer/look.py). Reported on held-out questions: the answer word's cross-entropy with
-the frames as they are and with the frames zeroed, and how often the answer word is the most likely
-of the answers seen. If the frames are read, the first falls below the second.
+Each frame's visual token gets a signal added, and the LLM (with the signal's embedding, if it has
+one) is fine-tuned on motion / position questions, with or without the look term (trainer/look.py).
+`--signal` picks what the frames are given:
+- answer: the answer word's own embedding (the answer is in every frame);
+- boxes:  a new gaze embedding (fvlm/gaze.py) of the asked object's true box in each frame, i.e. a
+          perfect gaze;
+- gaze:   a new gaze embedding of the model's own gaze, as `gaze_embedding: true` gives it.
+Reported on held-out questions: the answer word's cross-entropy with the frames as they are and with
+the frames zeroed, and how often the answer word is the most likely of the answers seen. If the
+frames are read, the first falls below the second.
 
     python -m experiments.shapesqa.oracle_readout --index data/shapes128selmp/test/index.jsonl \
-        [--look 0,0.1] [--steps 100] [--lr 2e-3] [--oracle 1.0] [--qtypes motion,position]
+        [--signal answer|boxes|gaze] [--gain 10] [--look 0,0.1] [--steps 100] [--lr 2e-3] \
+        [--oracle 1.0] [--qtypes motion,position]
 
 Before any training (step 0) the same numbers without the oracle show whether the shipped model's
 answer depends on its frames, per question type (`--qtypes color --look 0 --steps 0` on an index of
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="what each frame's token is given: the answer word's embedding, a learned "
                          "embedding of the asked object's true box (a perfect gaze), or the model's own "
                          "gaze through a new gaze embedding (fvlm/gaze.py)")
-    ap.add_argument("--gain", type=float, default=1.0, help="the gaze embedding's output gain (boxes, gaze)")
+    ap.add_argument("--gain", type=float, default=10.0,
+                    help="the gaze embedding's output gain (boxes, gaze; the model's is 10)")
     ap.add_argument("--qtypes", default="motion,position", help="question types to use, comma-separated")
     ap.add_argument("--json", help="also write the report here")
     args = ap.parse_args(argv)
