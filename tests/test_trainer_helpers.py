@@ -234,6 +234,16 @@ def read_csv(path: Path, event: str = "train") -> list[dict[str, str]]:
         return [r for r in csv.DictReader(f) if r["event"] == event]
 
 
+def train_and_read(config: Path, raw: dict, column: str) -> tuple[subprocess.CompletedProcess, list[dict[str, str]]]:
+    """Write `raw` to `config`, train it (it must succeed) -> (the trainer's process, the training rows
+    of its metrics.csv that logged `column`, at least one)."""
+    out = run_trainer(write_config(config, raw))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [r for r in read_csv(Path(raw["run"]["out_dir"]) / "metrics.csv") if r[column]]
+    assert rows, f"no step logged {column}"
+    return out, rows
+
+
 def read_keys(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_model import make_sample
-from test_trainer_helpers import read_csv, run_trainer, tiny_config, write_config
+from test_trainer_helpers import tiny_config, train_and_read, write_config
 from test_trainer_objects import _at_32px, _shapes_shards
 
 from fvlm.batch import collate
@@ -99,10 +99,7 @@ def test_training_with_the_look_term_logs_it(tmp_path):
     raw = _at_32px(tiny_config(tmp_path / "run", shards, steps=4, batch_size=2, loss={"look_weight": 0.1},
                                data={"num_workers": 1, "shuffle_buffer": 4}))
     raw["train"]["modes"] = "coarse_fine"
-    out = run_trainer(write_config(tmp_path / "run.yaml", raw))
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [r for r in read_csv(tmp_path / "run" / "metrics.csv") if r["loss_look"]]
-    assert rows, "no step logged a look loss"
+    out, rows = train_and_read(tmp_path / "run.yaml", raw, "loss_look")
     for r in rows:
         assert float(r["loss_look"]) > 0 and 0 < float(r["look_mass"]) < 1
         assert float(r["loss"]) == pytest.approx(float(r["loss_fine"]) + 0.1 * float(r["loss_look"]), rel=1e-4)
