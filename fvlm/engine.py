@@ -248,7 +248,8 @@ def frame_step(
     real, has_prev = flags[0], flags[1]
     B = real.shape[0]
     q = torch.where(has_prev[:, None], model.llm_to_query(s.last), model.q_init.expand(B, -1))  # [B, qd]
-    token, _, probs, gaze = model.frame_tokens(q, PatchCache(kv=kv), with_probs, backend=backend, prev_gaze=s.gaze)
+    token, _, probs, gaze = model.frame_tokens(q, PatchCache(kv=kv), with_probs, backend=backend,
+                                               prev_gaze=s.gaze)
     if gaze is not None:  # the gaze embedding's move needs each row's previous centre
         s.gaze.copy_(torch.where(real[:, None], gaze, s.gaze))
     token = token * real[:, None]  # [B, d]; pads are zeros, as in the eager path

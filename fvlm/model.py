@@ -240,7 +240,7 @@ class FoveatedVLM(VLMBase):
         kv = self.new_cache() if use_cache else None
         hiddens, tokens, probs, zs = [], [], [], []
         last = None  # [B, d] hidden state of the slot before the next frame
-        centre = torch.full((B, 2), float("nan"), device=fm.device)  # [B, 2] each row's last gaze centre (gaze embedding)
+        centre = torch.full((B, 2), float("nan"), device=fm.device)  # [B, 2] each row's last gaze centre
         if batch.prefix_ids.shape[1] > 0:
             emb = self.embed(batch.prefix_ids) * batch.prefix_mask[..., None]
             hiddens.append(self.decoder(emb, batch.prefix_mask, positions(batch.prefix_mask), kv))

@@ -1,9 +1,10 @@
 """fvlm.gaze: the gaze embedding (config gaze_embedding) -- where the query looked, added to each token.
 
 Checks: the four gaze numbers on hand-made attention; each frame's move since its clip's previous
-frame, in every mode; the embedding is added to the tokens and nothing else changes; the engine equals the reference with it on (logits within
-1e-4, identical greedy tokens, as tests/test_engine.py); it saves and loads; gradients reach the
-query through the attention; the config refuses it where there is no deep query.
+frame, in every mode; the embedding is added to the tokens and nothing else changes; the engine
+equals the reference with it on (logits within 1e-4, identical greedy tokens, as
+tests/test_engine.py); it saves and loads; gradients reach the query through the attention; the
+config refuses it where there is no deep query.
 """
 
 import pytest

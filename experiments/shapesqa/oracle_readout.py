@@ -11,7 +11,7 @@ Reported on held-out questions: the answer word's cross-entropy with the frames 
 the frames zeroed, and how often the answer word is the most likely of the answers seen. If the
 frames are read, the first falls below the second.
 
-    python -m experiments.shapesqa.oracle_readout --index data/shapes128selmp/test/index.jsonl \
+    python -m experiments.shapesqa.oracle_readout [MODEL] --index data/shapes128selmp/test/index.jsonl \
         [--signal answer|boxes|gaze] [--gain 10] [--look 0,0.1] [--steps 100] [--lr 2e-3] \
         [--oracle 1.0] [--qtypes motion,position]
 
@@ -79,7 +79,8 @@ class Oracle:
     """A forward hook on the projection into the LLM that adds `scale` x a signal to every real frame's
     token (rows are the real frames, row-major over [B, T]). signal "answer": the answer word's
     embedding; "boxes": a learned embedding (GazeEmbedding, trained with the LLM) of the asked
-    object's true box in that frame, i.e. a perfect gaze."""
+    object's true box in that frame, i.e. a perfect gaze; "gaze": no hook, the model's own gaze
+    through a new GazeEmbedding that replaces the model's while the scale is not 0."""
 
     def __init__(self, model, scale: float, signal: str = "answer", gain: float = 1.0):
         self.model, self.scale, self.signal, self.rows = model, scale, signal, None
@@ -100,7 +101,7 @@ class Oracle:
             self.model.gaze_embed = self.embed if self.scale else None
             return
         if self.signal == "boxes":
-            self.rows = box_features(records, batch.frame_mask)  # [n_real, 4]
+            self.rows = box_features(records, batch.frame_mask)  # [n_real, 6]
             return
         ans = self.model.embed(answer_ids(batch))  # [B, d]
         self.rows = ans[:, None].expand(-1, batch.frame_mask.shape[1], -1)[batch.frame_mask].detach()
@@ -132,6 +133,7 @@ def score(model, oracle: Oracle, test: list, candidates: torch.Tensor) -> dict[s
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", nargs="?", default=None, help="a saved model (default: the shipped one)")
     ap.add_argument("--index", required=True, help="ShapesQA index.jsonl with motion / position questions")
     ap.add_argument("--look", default="0,0.1", help="look-term weights to try, comma-separated")
     ap.add_argument("--steps", type=int, default=100)
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {}
     for weight in [float(w) for w in args.look.split(",")]:
         torch.manual_seed(0)
-        model = fvlm.load(None)
+        model = fvlm.load(args.model)
         model.train()
         hooks = LookHooks(model.llm)
         oracle = Oracle(model, 0.0, args.signal, args.gain)
