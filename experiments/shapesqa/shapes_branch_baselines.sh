@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source experiments/shapesqa/chain.sh
 need_final runs/shapes_vision "run bash experiments/shapesqa/shapes_finetune.sh first"
-[ -d data/shapes128/test ] || "$PY" -m fvlm.cli make-shapes data/shapes128 --subsets test --eval-n 400 --workers 2
+shapes data/shapes128 test --eval-n 400
 
 run_chain baselines shapes_vision_vlm_a6 shapes_readout_a6 shapes_readout_mix_a6 \
     shapes_vision_vlm_b1 shapes_readout_b1 shapes_readout_mix_b1

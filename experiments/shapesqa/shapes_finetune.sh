@@ -22,11 +22,6 @@ cd "$(dirname "$0")/../.."
 source experiments/shapesqa/chain.sh
 need_final runs/shapes_gpu2 "train it first (README.md, 'How it was trained')"
 
-shapes() {  # shapes DIR SUBSET ARGS...: make one ShapesQA subset unless it exists
-    local dir=$1 subset=$2
-    shift 2
-    [ -d "$dir/$subset" ] || "$PY" -m fvlm.cli make-shapes "$dir" --subsets "$subset" --workers 2 "$@"
-}
 shapes data/shapes128 train --n 8000 --no-videos
 shapes data/shapes128 val --eval-n 400
 shapes data/shapes128b train --n 12000 --seed 1 --no-videos

@@ -24,14 +24,9 @@ for arm in a6 b1 nogaze; do
     run_chain where_baselines shapes_where_{read,mix,thirds,thirds2,modes}_$arm
 done
 
-testset() {  # testset DIR ARGS...: one held-out ShapesQA test set unless it exists
-    local dir=$1
-    shift
-    [ -d "$dir/test" ] || "$PY" -m fvlm.cli make-shapes "$dir" --subsets test --workers 2 "$@"
-}
-testset data/shapes128 --eval-n 400
-testset data/shapes128fresh14 --eval-n 300 --seed 14 --no-shards
-testset data/shapes128fresh15mp --eval-n 400 --split mix --qtypes motion,position --per-clip 2 \
+shapes data/shapes128 test --eval-n 400
+shapes data/shapes128fresh14 test --eval-n 300 --seed 14 --no-shards
+shapes data/shapes128fresh15mp test --eval-n 400 --split mix --qtypes motion,position --per-clip 2 \
     --seed 15 --no-shards
 
 score() {  # score MODEL_DIR OUT_DIR: the three test sets, each to OUT_DIR/eval_*.json
